@@ -1,0 +1,110 @@
+"""Margin bounds through auto_LiRPA, and a cache of traced bounded modules."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from evaluators.lirpa_compat import auto_lirpa
+from evaluators.models import NeuronActivations
+
+#: auto_LiRPA's method names for certevo's bound methods.
+LIRPA_METHODS = {
+    "ibp": "IBP",
+    "crown-ibp": "IBP+backward",
+    "crown": "backward",
+    "crown-optimized": "CROWN-Optimized",
+}
+
+
+class VerifierError(Exception):
+    """auto_LiRPA cannot bound this model (unsupported operation or relaxation)."""
+
+
+def margin_matrix(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """C with rows ``e_y - e_j`` for every ``j != y``: shape [B, K-1, K]."""
+    batch = labels.shape[0]
+    eye = torch.eye(num_classes, dtype=torch.float32)
+    true_rows = eye[labels].unsqueeze(1)  # [B, 1, K]
+    others = torch.stack([torch.arange(num_classes)[torch.arange(num_classes) != y] for y in labels.tolist()])
+    return true_rows - eye[others]  # [B, K-1, K]
+
+
+def input_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eps-ball around ``x`` intersected with the pixel range [0, 1]."""
+    return (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
+
+
+def needs_matrix_conv_mode(model: nn.Module) -> bool:
+    """True if per-neuron activations follow a convolution (auto_LiRPA's patches mode
+    cannot multiply by a per-channel constant)."""
+    modules = list(model.children())
+    return any(
+        isinstance(m, NeuronActivations) and i > 0 and isinstance(modules[i - 1], nn.Conv2d)
+        for i, m in enumerate(modules)
+    )
+
+
+def bound_module(model: nn.Module, input_shape: tuple[int, ...]):
+    """Trace ``model`` into an auto_LiRPA BoundedModule (shares its parameter storage)."""
+    lirpa = auto_lirpa()
+    opts = {"conv_mode": "matrix"} if needs_matrix_conv_mode(model) else {}
+    try:
+        return lirpa.BoundedModule(model, torch.zeros(1, *input_shape), bound_opts=opts, device="cpu")
+    except NotImplementedError as exc:
+        raise VerifierError(f"auto_LiRPA cannot trace this model: {exc}") from exc
+
+
+def margin_lower_bounds(
+    bounded, x: torch.Tensor, labels: torch.Tensor, eps: float, method: str, num_classes: int
+) -> torch.Tensor:
+    """Lower bounds of ``logit_y - logit_j`` over the eps-ball, shape [B, K-1]."""
+    lirpa = auto_lirpa()
+    x_low, x_high = input_box(x, eps)
+    perturbation = lirpa.PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=x_low, x_U=x_high)
+    bounded_x = lirpa.BoundedTensor(x, perturbation)
+    try:
+        lower, _ = bounded.compute_bounds(
+            x=(bounded_x,), C=margin_matrix(labels, num_classes), method=LIRPA_METHODS[method], bound_upper=False
+        )
+    except (NotImplementedError, AssertionError, RuntimeError) as exc:
+        raise VerifierError(f"auto_LiRPA cannot bound this model with {method}: {type(exc).__name__}: {exc}") from exc
+    return lower
+
+
+@dataclass
+class TracedModel:
+    """A model and the BoundedModule traced from it; they share parameter storage."""
+
+    model: nn.Module
+    bounded: object
+
+
+class BoundedModuleCache:
+    """Traced models kept by key (architecture + activation pattern), least recently used
+    evicted first. Loading a candidate's weights into a cached entry replaces tracing."""
+
+    def __init__(self, capacity: int = 16) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, TracedModel] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str, model: nn.Module, input_shape: tuple[int, ...]) -> TracedModel:
+        """A traced model holding ``model``'s weights, traced anew only on a miss."""
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            entry = TracedModel(model, bound_module(model, input_shape))
+            self._entries[key] = entry
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        else:
+            self.hits += 1
+            self._entries.move_to_end(key)
+            with torch.no_grad():
+                entry.model.load_state_dict(model.state_dict())
+        return entry

@@ -1,0 +1,68 @@
+"""The fitness record: what one evaluation of one candidate produced."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FitnessRecord:
+    """Outcome of one candidate's evaluation; frozen and JSON-serialisable.
+
+    ``failure`` is None for a successful evaluation, otherwise the reason (diverged
+    training, an activation the verifier cannot bound, an empty layer...). A failed record
+    has certified and clean accuracy 0, so selection never prefers it.
+    """
+
+    candidate_id: str
+    sparsity: float
+    certified_accuracy: float
+    clean_accuracy: float
+    pgd_accuracy: float | None
+    train_method: str
+    certify_method: str
+    eps: float
+    train_eps: float
+    epochs: int
+    samples: int
+    layer_sparsity: dict[str, float]
+    timings: dict[str, float]
+    kstarts: dict[str, float] | None = None
+    failure: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True if the evaluation succeeded."""
+        return self.failure is None
+
+    @property
+    def objectives(self) -> tuple[float, float]:
+        """(sparsity, certified accuracy), both to be maximised."""
+        return (self.sparsity, self.certified_accuracy)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FitnessRecord:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**data)
+
+    def summary(self) -> str:
+        """A few readable lines for a terminal."""
+        lines = [f"candidate {self.candidate_id}"]
+        if not self.ok:
+            lines.append(f"  FAILED: {self.failure}")
+        lines += [
+            f"  sparsity            {self.sparsity:8.2%}",
+            f"  certified accuracy  {self.certified_accuracy:8.2%}  ({self.certify_method}, eps={self.eps:g}, {self.samples} validation samples)",
+            f"  clean accuracy      {self.clean_accuracy:8.2%}",
+        ]
+        if self.pgd_accuracy is not None:
+            lines.append(f"  PGD accuracy        {self.pgd_accuracy:8.2%}")
+        lines.append(f"  training            {self.train_method}, {self.epochs} epochs, eps={self.train_eps:g}")
+        lines.append("  time                " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
+        return "\n".join(lines)

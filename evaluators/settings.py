@@ -1,0 +1,99 @@
+"""Settings of the short robust training and of certification, validated on creation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from population.errors import ConfigError
+
+TRAINING_METHODS = ("clean", "pgd", "ibp", "crown-ibp")
+CERTIFICATION_METHODS = ("ibp", "crown", "crown-optimized")
+
+
+def _require(ok: bool, field: str, value: Any, rule: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field} {rule}; got {value!r}; {fix}")
+
+
+def _positive_int(field: str, value: Any, fix: str) -> None:
+    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, field, value,
+             "must be a positive integer", fix)
+
+
+def _fraction(field: str, value: Any, fix: str, *, allow_zero: bool = True, allow_one: bool = True) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0) and (value <= 1 if allow_one else value < 1)
+    low = "[0" if allow_zero else "(0"
+    high = "1]" if allow_one else "1)"
+    _require(ok, field, value, f"must be a number in {low}, {high}", fix)
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How one candidate is trained before it is certified.
+
+    ``eps`` is the L-inf radius on pixels scaled to [0, 1]. During the first
+    ``ramp_fraction`` of the steps, eps grows linearly from 0 to ``eps``, the natural-loss
+    weight kappa falls from 1 to ``kappa_final`` and (CROWN-IBP) the CROWN share beta falls
+    from 1 to 0, as in Zhang et al. (ICLR 2020).
+    """
+
+    method: str = "ibp"
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    eps: float = 0.1
+    ramp_fraction: float = 0.5
+    kappa_final: float = 0.5
+    pgd_steps: int = 5
+
+    def __post_init__(self) -> None:
+        _require(self.method in TRAINING_METHODS, "training.method", self.method,
+                 "is not a training method", f"use one of {', '.join(TRAINING_METHODS)}")
+        _positive_int("training.epochs", self.epochs, "e.g. 20 for a short training")
+        _positive_int("training.batch_size", self.batch_size, "e.g. 64")
+        _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
+                 "training.lr", self.lr, "must be a positive number", "e.g. 0.001")
+        _fraction("training.eps", self.eps, "eps is measured on pixels in [0, 1], e.g. 0.1")
+        _fraction("training.ramp_fraction", self.ramp_fraction, "e.g. 0.5 ramps eps over the first half")
+        _fraction("training.kappa_final", self.kappa_final, "e.g. 0.5 (1 means natural loss only)")
+        _positive_int("training.pgd_steps", self.pgd_steps, "e.g. 5")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CertificationSettings:
+    """How a trained candidate is certified and attacked on the validation split.
+
+    ``max_samples`` caps the validation samples used (None: all of them).
+    ``pgd`` also measures PGD accuracy, an upper bound on any certificate.
+    """
+
+    method: str = "crown"
+    eps: float = 0.1
+    max_samples: int | None = None
+    batch_size: int = 512
+    pgd: bool = False
+    pgd_steps: int = 20
+    pgd_restarts: int = 1
+    alpha_iterations: int = 20
+
+    def __post_init__(self) -> None:
+        _require(self.method in CERTIFICATION_METHODS, "certification.method", self.method,
+                 "is not a certification method", f"use one of {', '.join(CERTIFICATION_METHODS)}")
+        _fraction("certification.eps", self.eps, "eps is measured on pixels in [0, 1], e.g. 0.1")
+        if self.max_samples is not None:
+            _positive_int("certification.max_samples", self.max_samples, "or null for the whole validation split")
+        _positive_int("certification.batch_size", self.batch_size, "e.g. 512")
+        _positive_int("certification.pgd_steps", self.pgd_steps, "e.g. 20")
+        _positive_int("certification.pgd_restarts", self.pgd_restarts, "e.g. 1")
+        _positive_int("certification.alpha_iterations", self.alpha_iterations, "e.g. 20")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data."""
+        return asdict(self)
