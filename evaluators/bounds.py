@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -26,11 +27,16 @@ class VerifierError(Exception):
 
 def margin_matrix(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """C with rows ``e_y - e_j`` for every ``j != y``: shape [B, K-1, K]."""
-    batch = labels.shape[0]
+    eye, others = _margin_tables(num_classes)
+    return eye[labels].unsqueeze(1) - eye[others[labels]]
+
+
+@functools.cache
+def _margin_tables(num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     eye = torch.eye(num_classes, dtype=torch.float32)
-    true_rows = eye[labels].unsqueeze(1)  # [B, 1, K]
-    others = torch.stack([torch.arange(num_classes)[torch.arange(num_classes) != y] for y in labels.tolist()])
-    return true_rows - eye[others]  # [B, K-1, K]
+    classes = torch.arange(num_classes)
+    others = torch.stack([classes[classes != y] for y in range(num_classes)])  # [K, K-1]
+    return eye, others
 
 
 def input_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:

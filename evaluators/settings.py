@@ -72,12 +72,15 @@ class CertificationSettings:
 
     ``max_samples`` caps the validation samples used (None: all of them).
     ``pgd`` also measures PGD accuracy, an upper bound on any certificate.
+    ``ibp_first`` tries cheap IBP before ``method`` and runs ``method`` only on what IBP
+    could not prove (both are sound, so the union is too).
     """
 
     method: str = "crown"
     eps: float = 0.1
     max_samples: int | None = None
-    batch_size: int = 512
+    batch_size: int = 64
+    ibp_first: bool = True
     pgd: bool = False
     pgd_steps: int = 20
     pgd_restarts: int = 1
@@ -89,7 +92,7 @@ class CertificationSettings:
         _fraction("certification.eps", self.eps, "eps is measured on pixels in [0, 1], e.g. 0.1")
         if self.max_samples is not None:
             _positive_int("certification.max_samples", self.max_samples, "or null for the whole validation split")
-        _positive_int("certification.batch_size", self.batch_size, "e.g. 512")
+        _positive_int("certification.batch_size", self.batch_size, "e.g. 64")
         _positive_int("certification.pgd_steps", self.pgd_steps, "e.g. 20")
         _positive_int("certification.pgd_restarts", self.pgd_restarts, "e.g. 1")
         _positive_int("certification.alpha_iterations", self.alpha_iterations, "e.g. 20")
