@@ -8,7 +8,7 @@ venv:
 	@bash scripts/ensure-venv.sh
 
 run: venv
-	.venv/bin/certevo evaluate
+	.venv/bin/certevo launch
 
 test: venv
 	.venv/bin/python -m pytest -q

@@ -20,6 +20,7 @@ import importlib
 import inspect
 import sys
 import types
+import warnings
 from typing import Any
 
 from population.errors import CertevoError
@@ -94,14 +95,33 @@ def _patch_named_members(bounded_module_type: type) -> None:
     _applied.append(f"{bounded_module_type.__name__}._named_members")
 
 
+def _quiet_known_warnings() -> None:
+    # auto_LiRPA 0.3 triggers these on every trace or bound; they say nothing about the
+    # candidate and would flood every evaluator's log.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r".*Consider using tensor\.detach\(\) first", category=UserWarning)
+    warnings.filterwarnings("ignore", message=r".*_jit_set_profiling", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", module=r"auto_LiRPA.*", category=DeprecationWarning)
+
+
 @functools.cache
 def auto_lirpa() -> types.ModuleType:
     """The ``auto_LiRPA`` module, importable and usable on the installed torch and numpy."""
+    _quiet_known_warnings()
     _patch_opset_setter()
     _patch_node_getitem()
     _patch_numpy_arraysetops()
     try:
-        module = importlib.import_module("auto_LiRPA")
+        # auto_LiRPA calls warnings.simplefilter("once") at import, which would override
+        # every warning filter of the host program: it is disabled during the import.
+        with warnings.catch_warnings():
+            _quiet_known_warnings()
+            simplefilter = warnings.simplefilter
+            warnings.simplefilter = lambda *args, **kwargs: None
+            try:
+                module = importlib.import_module("auto_LiRPA")
+            finally:
+                warnings.simplefilter = simplefilter
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] == "auto_LiRPA":
             raise AutoLirpaMissing(INSTALL_HINT) from exc

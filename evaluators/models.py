@@ -81,17 +81,20 @@ class ModelTemplate(Protocol):
     def key(self) -> str: ...
 
 
-def _seeded_init(module: nn.Module, seed: int) -> None:
+def _seeded_init(module: nn.Module, seed: int, genome: Genome | None = None) -> None:
+    """IBP initialisation (Shi et al., NeurIPS 2021: weights N(0, sqrt(2*pi)/fan_in)),
+    with fan_in counted over the weights the mask keeps (mean per output unit), so a
+    sparse layer starts with the same bound growth as a dense one; zero biases."""
     generator = torch.Generator().manual_seed(seed)
-    for child in module.modules():
+    masks = genome.masks if genome is not None else {}
+    for name, child in module.named_modules():
         if isinstance(child, (nn.Linear, nn.Conv2d)):
             fan_in = child.weight[0].numel()
-            bound = 1.0 / np.sqrt(fan_in)
+            if name in masks:
+                fan_in = max(1.0, float(masks[name].sum()) / masks[name].shape[0])
             with torch.no_grad():
-                # Kaiming-uniform for ReLU-family nets, as torch's default does.
-                w_bound = np.sqrt(6.0 / fan_in)
-                child.weight.uniform_(-w_bound, w_bound, generator=generator)
-                child.bias.uniform_(-bound, bound, generator=generator)
+                child.weight.normal_(0.0, float(np.sqrt(2 * np.pi) / fan_in), generator=generator)
+                child.bias.zero_()
 
 
 def apply_masks(model: nn.Module, genome: Genome) -> None:
@@ -132,7 +135,7 @@ class MLPTemplate:
 
     input_shape: tuple[int, int, int]
     num_classes: int
-    widths: tuple[int, ...] = (256, 256)
+    widths: tuple[int, ...] = (64, 64)
     kind: str = "mlp"
 
     def __post_init__(self) -> None:
@@ -166,7 +169,7 @@ class MLPTemplate:
             if i < len(self.widths):
                 layers[f"act{i}"] = _hidden_activation(genome, i, spatial=False)
         model = nn.Sequential(layers)
-        _seeded_init(model, seed)
+        _seeded_init(model, seed, genome)
         apply_masks(model, genome)
         return model
 
@@ -245,7 +248,7 @@ class CNNTemplate:
                 layers[f"act{hidden}"] = _hidden_activation(genome, hidden, spatial=False)
                 hidden += 1
         model = nn.Sequential(layers)
-        _seeded_init(model, seed)
+        _seeded_init(model, seed, genome)
         apply_masks(model, genome)
         return model
 
@@ -263,7 +266,7 @@ def make_template(
     if kind == "mlp":
         if channels:
             raise ConfigError(f"model.channels is set to {list(channels)} but an mlp has no conv layers; remove it or use kind: cnn")
-        return MLPTemplate(shape, num_classes, tuple(widths) if widths is not None else (256, 256))
+        return MLPTemplate(shape, num_classes, tuple(widths) if widths is not None else (64, 64))
     if kind == "cnn":
         return CNNTemplate(
             shape,

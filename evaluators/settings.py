@@ -43,7 +43,7 @@ class TrainingSettings:
     method: str = "ibp"
     epochs: int = 20
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 5e-3
     eps: float = 0.1
     ramp_fraction: float = 0.5
     kappa_final: float = 0.5
@@ -55,7 +55,7 @@ class TrainingSettings:
         _positive_int("training.epochs", self.epochs, "e.g. 20 for a short training")
         _positive_int("training.batch_size", self.batch_size, "e.g. 64")
         _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
-                 "training.lr", self.lr, "must be a positive number", "e.g. 0.001")
+                 "training.lr", self.lr, "must be a positive number", "e.g. 0.005")
         _fraction("training.eps", self.eps, "eps is measured on pixels in [0, 1], e.g. 0.1")
         _fraction("training.ramp_fraction", self.ramp_fraction, "e.g. 0.5 ramps eps over the first half")
         _fraction("training.kappa_final", self.kappa_final, "e.g. 0.5 (1 means natural loss only)")

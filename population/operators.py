@@ -317,7 +317,7 @@ def crossover_uniform(
     hidden layer's activation (with its per-neuron choices) comes from ``a`` or ``b`` with
     probability 0.5.
 
-    Draws, in order: per layer ``rng.random(layer.shape)`` (< 0.5 takes ``a``'s entry),
+    Draws, in order: per layer ``rng.random(layer.size)`` (< 0.5 takes ``a``'s entry),
     then ``rng.random(n_hidden)`` (activation source), then per layer whose kept count
     differs from its target, one ``rng.choice`` of positions to drop/grow.
     """

@@ -69,6 +69,79 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0 if record.ok else 1
 
 
+def _add_launch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "launch",
+        help="start a search",
+        description="Start a search. With no CONFIG: the built-in digits default.",
+    )
+    p.add_argument("config", nargs="?", default=None, help="YAML config file (default: the digits default)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set search.generations=4 (repeatable)")
+    p.add_argument("--address", default=None, help="Ray cluster address (auto, HOST:PORT or ray://HOST:PORT)")
+    p.add_argument("--run-dir", default=None, help="where the search writes everything (default: run_dir from the config, else runs/<time>-<config hash>)")
+    p.set_defaults(handler=_run_launch)
+
+
+def _add_resume(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("resume", help="continue a search from its last checkpoint",
+                       description="Continue the search in RUN_DIR from its last checkpoint.")
+    p.add_argument("run_dir", help="the run directory of the search")
+    p.add_argument("--generations", type=int, default=None, help="raise the number of generations")
+    p.add_argument("--evaluation-budget", type=int, default=None, help="raise the evaluation budget")
+    p.set_defaults(handler=_run_resume)
+
+
+def _finish_search(search) -> int:
+    import ray
+
+    from rich.console import Console
+
+    try:
+        result = search.run()
+    except KeyboardInterrupt:
+        Console(stderr=True).print(
+            f"[yellow]interrupted[/]; everything evaluated so far is kept. Continue with: certevo resume {search.run_dir}"
+        )
+        return 130
+    finally:
+        ray.shutdown()
+    console = Console(stderr=True)
+    console.print(f"run directory: {result.run_dir}")
+    console.print(f"front: {result.run_dir / 'front.json'}")
+    console.print(f"next: certevo resume {result.run_dir} --generations {search.config.search.generations + 5}")
+    return 0
+
+
+def _run_launch(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from search.config import load_config
+    from search.loop import Search
+    from search.progress import ConsoleProgress
+
+    config = load_config(args.config, args.overrides)
+    if args.address is not None:
+        config = replace(config, cluster=replace(config.cluster, address=args.address))
+    run_dir = args.run_dir
+    if run_dir is None:
+        import time
+
+        # A fresh directory per launch unless the config names one, so launching twice never collides.
+        run_dir = config.run_dir if config.run_dir != "runs/default" else f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.digest()}"
+    search = Search.create(config, run_dir, [ConsoleProgress()])
+    return _finish_search(search)
+
+
+def _run_resume(args: argparse.Namespace) -> int:
+    from search.loop import Search
+    from search.progress import ConsoleProgress
+
+    search = Search.resume(args.run_dir, generations=args.generations, evaluation_budget=args.evaluation_budget,
+                           observers=[ConsoleProgress()])
+    return _finish_search(search)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``certevo`` command."""
     parser = argparse.ArgumentParser(
@@ -76,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evolutionary search for sparse, certifiably robust neural networks.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_launch(sub)
+    _add_resume(sub)
     _add_evaluate(sub)
     return parser
 

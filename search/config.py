@@ -1,0 +1,258 @@
+"""The search configuration: YAML in, validated frozen dataclasses out.
+
+An empty config is the digits default. Unknown keys and bad values raise ConfigError
+naming the field, the value received and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evaluators.data import DATASETS
+from evaluators.settings import CertificationSettings, TrainingSettings
+from evaluators.spec import DataSpec, EvaluationSpec, ModelSpec
+from population.errors import ConfigError
+from population.genome import KNOWN_ACTIVATIONS
+
+STRATEGIES = ("nsga2", "coevolution")
+KSTART_SCORES = ("magnitude", "gradient", "combined", "certified")
+EXTRA_OBJECTIVES = ("clean_accuracy", "evaluation_time")
+
+
+def _fail(field_name: str, value: Any, rule: str, fix: str) -> None:
+    raise ConfigError(f"{field_name} {rule}; got {value!r}; {fix}")
+
+
+@dataclass(frozen=True)
+class GenomeSpace:
+    """Which genomes the search may produce."""
+
+    sparsities: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+    activations: tuple[str, ...] = ("relu", "leaky_relu", "sigmoid", "tanh")
+    per_neuron: bool = False
+    min_sparsity: float = 0.3
+    max_sparsity: float = 0.995
+
+    def __post_init__(self) -> None:
+        if not self.sparsities:
+            _fail("genome.sparsities", list(self.sparsities), "must list at least one target sparsity", "e.g. [0.5, 0.9, 0.98]")
+        for s in self.sparsities:
+            if not isinstance(s, (int, float)) or not 0 <= s < 1:
+                _fail("genome.sparsities", list(self.sparsities), "must hold numbers in [0, 1)", "e.g. [0.5, 0.9, 0.98]")
+        if not self.activations:
+            _fail("genome.activations", list(self.activations), "must list at least one activation", "e.g. [relu]")
+        for a in self.activations:
+            if a not in KNOWN_ACTIVATIONS:
+                _fail("genome.activations", list(self.activations), f"contains unknown activation {a!r}",
+                      f"use some of {', '.join(KNOWN_ACTIVATIONS)}")
+        if not 0 <= self.min_sparsity < self.max_sparsity < 1:
+            _fail("genome.min_sparsity/max_sparsity", (self.min_sparsity, self.max_sparsity),
+                  "must satisfy 0 <= min_sparsity < max_sparsity < 1", "e.g. 0.3 and 0.995")
+
+
+@dataclass(frozen=True)
+class OperatorRates:
+    """Probabilities of the variation operators (see population.operators)."""
+
+    crossover: float = 0.5
+    prune_regrow: float = 0.5
+    density: float = 0.5
+    activation: float = 0.3
+    regrow_fraction: float = 0.1
+    density_step: float = 0.05
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+                _fail(f"search.rates.{f.name}", value, "must be a probability in [0, 1]", "e.g. 0.5")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The evolutionary search itself."""
+
+    strategy: str = "nsga2"
+    population_size: int = 12
+    generations: int = 8
+    evaluation_budget: int | None = None
+    kstarts: int = 2
+    kstarts_score: str = "magnitude"
+    rates: OperatorRates = field(default_factory=OperatorRates)
+    weight_inheritance: bool = False
+    inherit_epochs: int = 5
+    extra_objectives: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            _fail("search.strategy", self.strategy, "is not a strategy", f"use one of {', '.join(STRATEGIES)}")
+        for name, minimum in (("population_size", 2), ("generations", 0), ("kstarts", 1), ("inherit_epochs", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                _fail(f"search.{name}", value, f"must be an integer >= {minimum}", f"e.g. {max(minimum, 4)}")
+        if self.evaluation_budget is not None and (not isinstance(self.evaluation_budget, int) or self.evaluation_budget < 1):
+            _fail("search.evaluation_budget", self.evaluation_budget, "must be a positive integer or null",
+                  "e.g. 100, or null to stop after search.generations")
+        if self.kstarts_score not in KSTART_SCORES:
+            _fail("search.kstarts_score", self.kstarts_score, "is not a K-starts score",
+                  f"use one of {', '.join(KSTART_SCORES)}")
+        for objective in self.extra_objectives:
+            if objective not in EXTRA_OBJECTIVES:
+                _fail("search.extra_objectives", list(self.extra_objectives), f"contains unknown objective {objective!r}",
+                      f"use some of {', '.join(EXTRA_OBJECTIVES)}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            _fail("search.seed", self.seed, "must be a non-negative integer", "e.g. 0")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where the evaluations run."""
+
+    address: str | None = None
+    actors: int | None = None
+    cpus_per_actor: int = 1
+
+    def __post_init__(self) -> None:
+        if self.actors is not None and (not isinstance(self.actors, int) or self.actors < 1):
+            _fail("cluster.actors", self.actors, "must be a positive integer or null", "null uses every CPU Ray offers")
+        if not isinstance(self.cpus_per_actor, int) or self.cpus_per_actor < 1:
+            _fail("cluster.cpus_per_actor", self.cpus_per_actor, "must be a positive integer", "e.g. 1")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The whole configuration of one search."""
+
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    genome: GenomeSpace = field(default_factory=GenomeSpace)
+    training: TrainingSettings = field(default_factory=lambda: TrainingSettings(epochs=10))
+    certification: CertificationSettings = field(default_factory=CertificationSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    run_dir: str = "runs/default"
+
+    def __post_init__(self) -> None:
+        if self.data.name not in DATASETS:
+            _fail("data.name", self.data.name, "is not a data set", f"use one of {', '.join(DATASETS)}")
+
+    def evaluation_spec(self) -> EvaluationSpec:
+        """What every evaluator actor is built from."""
+        return EvaluationSpec(self.data, self.model, self.training, self.certification, self.search.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (round-trips through :func:`config_from_dict`)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def digest(self) -> str:
+        """A short hash of everything that changes results (run_dir and cluster excluded)."""
+        data = self.to_dict()
+        data.pop("run_dir")
+        data.pop("cluster")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataSpec,
+    "model": ModelSpec,
+    "genome": GenomeSpace,
+    "training": TrainingSettings,
+    "certification": CertificationSettings,
+    "search": SearchSettings,
+    "cluster": ClusterSettings,
+}
+
+
+def _build(cls: type, values: Any, path: str, defaults: Any = None) -> Any:
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        _fail(path, values, "must be a mapping of settings", f"write it as `{path}: {{key: value}}`")
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        _fail(f"{path}.{unknown[0]}", values[unknown[0]], "is not a known setting",
+              f"the settings of {path} are: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        if name == "rates" and cls is SearchSettings:
+            value = _build(OperatorRates, value, f"{path}.rates")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        if defaults is not None:
+            return dataclasses.replace(defaults, **kwargs)
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{path}: {exc}; check the value types against the README") from exc
+
+
+def config_from_dict(values: dict[str, Any] | None) -> SearchConfig:
+    """Validate a plain mapping (e.g. parsed YAML) into a SearchConfig."""
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(_SECTIONS) - {"run_dir"})
+    if unknown:
+        _fail(unknown[0], values[unknown[0]], "is not a known section",
+              f"the sections are: {', '.join([*_SECTIONS, 'run_dir'])}")
+    default = SearchConfig()
+    kwargs: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        if name in values:
+            kwargs[name] = _build(cls, values[name], name, getattr(default, name))
+    if "run_dir" in values:
+        if not isinstance(values["run_dir"], str) or not values["run_dir"]:
+            _fail("run_dir", values["run_dir"], "must be a directory path", "e.g. runs/my-search")
+        kwargs["run_dir"] = values["run_dir"]
+    return dataclasses.replace(default, **kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text) if text != "" else None
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a plain mapping."""
+    values = json.loads(json.dumps(values or {}))
+    for item in overrides:
+        if "=" not in item:
+            _fail("--set", item, "must look like key=value", "e.g. --set search.generations=4")
+        key, text = item.split("=", 1)
+        node = values
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                _fail("--set", item, f"goes through {part!r}, which is not a section", "check the key path")
+        node[parts[-1]] = _parse_scalar(text)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SearchConfig:
+    """Read a YAML config (None: the default) and apply ``--set`` style overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; pass a YAML file, or none for the digits default")
+        try:
+            values = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections (data, model, search...); got {type(values).__name__}")
+    return config_from_dict(apply_overrides(values, overrides or []))
+
+
+def finite(value: float) -> bool:
+    """True for a finite number."""
+    return isinstance(value, (int, float)) and math.isfinite(value)

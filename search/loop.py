@@ -1,0 +1,274 @@
+"""The search loop: K-starts, then generations of offspring evaluated on the Ray pool,
+selection, lineage, and a checkpoint after every generation."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import yaml
+
+from cluster.connect import connect
+from cluster.pool import EvaluationPool, EvaluationTask, TaskResult
+from evaluators.models import make_template
+from population.checkpoint import CheckpointStore
+from population.errors import CheckpointError, ConfigError
+from population.lineage import LineageRecord
+from population.seeds import derive_seed
+from search.config import SearchConfig, config_from_dict
+from search.journal import EvaluationJournal
+from search.state import Candidate, SearchState, objectives
+from search.strategies import CoevolutionStrategy, Proposal, Strategy, make_strategy
+
+CONFIG_FILE = "config.yaml"
+SPARSITY_LEVELS = (0.5, 0.9, 0.95, 0.99)
+
+
+class SearchObserver(Protocol):
+    """Hooks the loop calls; observers never change the search (tracking, progress)."""
+
+    def on_start(self, search: Search) -> None: ...
+    def on_evaluation(self, search: Search, result: TaskResult) -> None: ...
+    def on_generation(self, search: Search, summary: dict[str, Any]) -> None: ...
+    def on_end(self, search: Search, summary: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a finished (or stopped) search produced."""
+
+    front: list[Candidate]
+    history: list[dict[str, Any]]
+    evaluations: int
+    hypervolume: float
+    run_dir: Path
+
+
+def best_at_levels(front: Sequence[Candidate], levels: Sequence[float] = SPARSITY_LEVELS) -> dict[str, float]:
+    """Best certified accuracy among candidates at least as sparse as each level."""
+    return {
+        f"{level:g}": max((c.record.certified_accuracy for c in front if c.record.sparsity >= level - 1e-12), default=0.0)
+        for level in levels
+    }
+
+
+class Search:
+    """One search in one run directory. Only this driver writes checkpoints."""
+
+    def __init__(self, config: SearchConfig, run_dir: Path, state: SearchState, observers: Sequence[SearchObserver] = ()) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.state = state
+        self.observers = list(observers)
+        self.store = CheckpointStore(run_dir / "checkpoint")
+        self.journal = EvaluationJournal(run_dir)
+        self._cached = self.journal.records()
+        self.pool: EvaluationPool | None = None
+        self.started = time.perf_counter()
+        self.evaluated_this_session = 0
+        data = config.data.load()
+        self.template = make_template(config.model.kind, data.input_shape, data.num_classes,
+                                      widths=config.model.widths, channels=config.model.channels)
+        self.strategy: Strategy = make_strategy(config, self.template.layer_shapes(), len(self.template.hidden_sizes()))
+
+    # -- creation -------------------------------------------------------------------
+    @classmethod
+    def create(cls, config: SearchConfig, run_dir: str | Path | None = None, observers: Sequence[SearchObserver] = ()) -> Search:
+        """A new search in an empty (or new) run directory; refuses to overwrite one."""
+        path = Path(run_dir if run_dir is not None else config.run_dir)
+        if (path / CONFIG_FILE).exists() or (path / "checkpoint").exists():
+            raise ConfigError(
+                f"run directory {path} already holds a search; resume it with `certevo resume {path}` "
+                "or choose another --run-dir"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        config = replace(config, run_dir=str(path))
+        _check_budget(config)
+        (path / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        state = SearchState(rng=np.random.default_rng(derive_seed(config.search.seed, "search")))
+        return cls(config, path, state, observers)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, *, generations: int | None = None,
+               evaluation_budget: int | None = None, observers: Sequence[SearchObserver] = ()) -> Search:
+        """The search in ``run_dir``, from its last checkpoint, optionally with a larger budget."""
+        path = Path(run_dir)
+        config_path = path / CONFIG_FILE
+        if not config_path.is_file():
+            raise CheckpointError(
+                f"{path} is not a certevo run directory (no {CONFIG_FILE}); pass the directory a launch created"
+            )
+        try:
+            config = config_from_dict(yaml.safe_load(config_path.read_text()))
+        except yaml.YAMLError as exc:
+            raise CheckpointError(f"{config_path} is not valid YAML ({exc}); the run directory is damaged") from exc
+        settings = config.search
+        if generations is not None:
+            settings = replace(settings, generations=generations)
+        if evaluation_budget is not None:
+            settings = replace(settings, evaluation_budget=evaluation_budget)
+        config = replace(config, search=settings, run_dir=str(path))
+        store = CheckpointStore(path / "checkpoint")
+        if store.exists():
+            state_data, arrays = store.load()
+            state = SearchState.from_checkpoint(state_data, arrays, str(store.manifest_path))
+        else:  # stopped before the K-starts phase finished: start over (the journal keeps results)
+            state = SearchState(rng=np.random.default_rng(derive_seed(config.search.seed, "search")))
+        if generations is not None or evaluation_budget is not None:
+            config_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return cls(config, path, state, observers)
+
+    # -- running --------------------------------------------------------------------
+    def planned_evaluations(self) -> int:
+        """How many evaluations the whole search will run at most."""
+        s = self.config.search
+        total = s.kstarts * len(self.config.genome.sparsities) + s.generations * s.population_size
+        return min(total, s.evaluation_budget) if s.evaluation_budget is not None else total
+
+    def _budget_left(self) -> int:
+        budget = self.config.search.evaluation_budget
+        return budget - len(self.state.archive) if budget is not None else 1 << 30
+
+    def run(self) -> SearchResult:
+        """Run until the generation count or evaluation budget is reached."""
+        torch.set_num_threads(1)
+        connect(self.config.cluster.address)
+        self.pool = self._make_pool()
+        self.started = time.perf_counter()
+        for observer in self.observers:
+            observer.on_start(self)
+        try:
+            if self.state.generation < 0:
+                self._kstarts()
+            while self.state.generation < self.config.search.generations and self._budget_left() > 0:
+                self._generation()
+        finally:
+            self.pool.shutdown()
+        summary = self._finish()
+        for observer in self.observers:
+            observer.on_end(self, summary)
+        return SearchResult(self.state.front(), self.state.history, len(self.state.archive),
+                            self.state.hypervolume(), self.run_dir)
+
+    def _make_pool(self) -> EvaluationPool:
+        import ray
+
+        cluster = self.config.cluster
+        actors = cluster.actors
+        if actors is None:
+            actors = max(1, int(ray.cluster_resources().get("CPU", 1) // cluster.cpus_per_actor))
+        return EvaluationPool(self.config.evaluation_spec(), actors, cpus_per_actor=cluster.cpus_per_actor)
+
+    def _kstarts(self) -> None:
+        proposals = self.strategy.kstart_proposals(self.state)
+        self._evaluate(proposals, generation=0)
+        self.state.population = self.strategy.kstart_population(self.state, proposals)
+        if isinstance(self.strategy, CoevolutionStrategy):
+            self.strategy.seed_activations(self.state)
+        self.state.generation = 0
+        self._end_generation(len(proposals))
+
+    def _generation(self) -> None:
+        count = min(self.config.search.population_size, self._budget_left())
+        proposals = self.strategy.offspring(self.state, count)
+        self._evaluate(proposals, generation=self.state.generation + 1)
+        self.strategy.select(self.state, proposals)
+        self.state.generation += 1
+        self._end_generation(len(proposals))
+
+    def _task(self, proposal: Proposal) -> EvaluationTask:
+        inherit = self.config.search.weight_inheritance
+        parent_weights = self.state.weights.get(proposal.inherit_from) if inherit and proposal.inherit_from else None
+        return EvaluationTask(
+            proposal.genome,
+            initial_weights={k: torch.from_numpy(v) for k, v in parent_weights.items()} if parent_weights else None,
+            epochs=self.config.search.inherit_epochs if parent_weights else None,
+            keep_weights=inherit,
+        )
+
+    def _evaluate(self, proposals: list[Proposal], generation: int) -> None:
+        fresh: dict[str, Proposal] = {}
+        for p in proposals:
+            if p.genome.id not in self.state.archive and p.genome.id not in fresh:
+                fresh[p.genome.id] = p
+        records: dict[str, Any] = {}
+        weights: dict[str, dict[str, np.ndarray] | None] = {}
+        tasks = []
+        for cid, proposal in fresh.items():
+            if cid in self._cached:  # finished before an interruption
+                records[cid] = self._cached[cid]
+                weights[cid] = self.journal.weights(cid)
+            else:
+                tasks.append(self._task(proposal))
+        for result in self.pool.run(tasks):
+            evaluation = result.evaluation
+            cid = result.task.key
+            arrays = {k: v.numpy() for k, v in evaluation.weights.items()} if evaluation.weights is not None else None
+            self.journal.append(evaluation.record, arrays)
+            records[cid] = evaluation.record
+            weights[cid] = arrays
+            self.evaluated_this_session += 1
+            for observer in self.observers:
+                observer.on_evaluation(self, result)
+        extra = self.config.search.extra_objectives
+        for cid, proposal in fresh.items():  # proposal order: the archive does not depend on timing
+            record = records[cid]
+            self.state.add(Candidate(proposal.genome, record))
+            if weights.get(cid) is not None:
+                self.state.weights[cid] = weights[cid]
+            if cid not in self.state.lineage:
+                self.state.lineage.add(LineageRecord(cid, proposal.parents, proposal.operator, generation,
+                                                     objectives(record, extra), record.to_dict()))
+
+    def _end_generation(self, offspring: int) -> None:
+        keep = set(self.state.population)
+        self.state.weights = {k: v for k, v in self.state.weights.items() if k in keep}
+        front = self.state.front()
+        elapsed = time.perf_counter() - self.started
+        summary = {
+            "generation": self.state.generation,
+            "hypervolume": self.state.hypervolume(),
+            "front_size": len(front),
+            "evaluations": len(self.state.archive),
+            "offspring": offspring,
+            "failures": sum(1 for c in self.state.archive.values() if not c.record.ok),
+            "evaluations_per_minute": 60.0 * self.evaluated_this_session / elapsed if elapsed > 0 else 0.0,
+            "best_certified": best_at_levels(front),
+            "front": [[c.id, c.record.sparsity, c.record.certified_accuracy] for c in front],
+        }
+        self.state.history.append(summary)
+        state, arrays = self.state.to_checkpoint()
+        self.store.save(state, arrays, self.state.generation)
+        for observer in self.observers:
+            observer.on_generation(self, summary)
+
+    def _finish(self) -> dict[str, Any]:
+        front = sorted(self.state.front(), key=lambda c: c.record.sparsity)
+        rows = [
+            {"id": c.id, "sparsity": c.record.sparsity, "certified_accuracy": c.record.certified_accuracy,
+             "clean_accuracy": c.record.clean_accuracy, "activations": c.genome.activation_pattern(),
+             "generation": self.state.lineage.get(c.id).generation if c.id in self.state.lineage else None}
+            for c in front
+        ]
+        summary = {"front": rows, "hypervolume": self.state.hypervolume(), "evaluations": len(self.state.archive),
+                   "generations": self.state.generation, "history": self.state.history}
+        tmp = self.run_dir / ".front.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(self.run_dir / "front.json")
+        return summary
+
+
+def _check_budget(config: SearchConfig) -> None:
+    s = config.search
+    starts = s.kstarts * len(config.genome.sparsities)
+    if s.evaluation_budget is not None and s.evaluation_budget <= starts:
+        raise ConfigError(
+            f"search.evaluation_budget is {s.evaluation_budget}, but the K-starts phase alone needs {starts} "
+            f"evaluations (search.kstarts x genome.sparsities); raise the budget above {starts} or lower search.kstarts"
+        )

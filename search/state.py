@@ -1,0 +1,129 @@
+"""Everything a search knows between generations, and its checkpoint form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from evaluators.fitness import FitnessRecord
+from population.checkpoint import pack_genomes, restore_rng, rng_state, unpack_genomes
+from population.errors import CheckpointError
+from population.genome import Genome
+from population.lineage import Lineage
+from population.selection import HV_REFERENCE_2D, hypervolume_2d, pareto_front
+
+STATE_FORMAT = "certevo-search-state/1"
+FAILED_OBJECTIVES = (-1.0, -1.0)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An evaluated genome."""
+
+    genome: Genome
+    record: FitnessRecord
+
+    @property
+    def id(self) -> str:
+        """The genome id."""
+        return self.genome.id
+
+
+def objectives(record: FitnessRecord, extra: tuple[str, ...] = ()) -> tuple[float, ...]:
+    """Maximised objectives: sparsity, certified accuracy, then any extras (clean accuracy;
+    evaluation time, negated). A failed record scores below every successful one."""
+    if not record.ok:
+        return FAILED_OBJECTIVES + tuple(-1.0 if e == "clean_accuracy" else -1e9 for e in extra)
+    values = [record.sparsity, record.certified_accuracy]
+    for name in extra:
+        values.append(record.clean_accuracy if name == "clean_accuracy" else -sum(record.timings.values()))
+    return tuple(values)
+
+
+@dataclass
+class SearchState:
+    """The mutable state of one search; only the driver holds and changes it.
+
+    ``generation`` is -1 before the K-starts phase has finished, then the number of
+    completed generations. ``population`` holds candidate ids (the mask population for
+    co-evolution); ``activation_population`` holds activation patterns (co-evolution only).
+    """
+
+    rng: np.random.Generator
+    generation: int = -1
+    archive: dict[str, Candidate] = field(default_factory=dict)
+    population: list[str] = field(default_factory=list)
+    activation_population: list[list[Any]] = field(default_factory=list)
+    lineage: Lineage = field(default_factory=Lineage)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    weights: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def add(self, candidate: Candidate) -> None:
+        """Put an evaluated candidate in the archive (once)."""
+        self.archive.setdefault(candidate.id, candidate)
+
+    def front(self, ids: list[str] | None = None) -> list[Candidate]:
+        """The Pareto front (sparsity vs certified accuracy) of ``ids`` (default: the
+        whole archive), failed candidates excluded."""
+        pool = [self.archive[i] for i in (ids if ids is not None else self.archive) if self.archive[i].record.ok]
+        return pareto_front(pool, [c.record.objectives for c in pool])
+
+    def hypervolume(self) -> float:
+        """Hypervolume of the archive's front, reference point (0, 0) (see population.selection)."""
+        return hypervolume_2d([c.record.objectives for c in self.front()], HV_REFERENCE_2D)
+
+    # -- checkpoint form ------------------------------------------------------------
+    def to_checkpoint(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON state and named arrays for a CheckpointStore."""
+        manifests, arrays = pack_genomes([c.genome for c in self.archive.values()])
+        for cid, tensors in self.weights.items():
+            for name, value in tensors.items():
+                arrays[f"weights/{cid}/{name}"] = value
+        state = {
+            "format": STATE_FORMAT,
+            "generation": self.generation,
+            "rng": rng_state(self.rng),
+            "archive": [
+                {"genome": m, "record": c.record.to_dict()} for m, c in zip(manifests, self.archive.values())
+            ],
+            "population": list(self.population),
+            "activation_population": self.activation_population,
+            "lineage": self.lineage.to_json(),
+            "history": self.history,
+        }
+        return state, arrays
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any], arrays: dict[str, np.ndarray], where: str) -> SearchState:
+        """Inverse of :meth:`to_checkpoint`; ``where`` names the checkpoint in errors."""
+        if state.get("format") != STATE_FORMAT:
+            raise CheckpointError(
+                f"{where} holds search state of format {state.get('format')!r}, expected {STATE_FORMAT!r}; "
+                "it was written by another version of certevo; start a new run directory"
+            )
+        try:
+            genomes = unpack_genomes([entry["genome"] for entry in state["archive"]], arrays)
+            archive = {
+                g.id: Candidate(g, FitnessRecord.from_dict(entry["record"]))
+                for g, entry in zip(genomes, state["archive"])
+            }
+            weights: dict[str, dict[str, np.ndarray]] = {}
+            for key, value in arrays.items():
+                if key.startswith("weights/"):
+                    _, cid, name = key.split("/", 2)
+                    weights.setdefault(cid, {})[name] = value
+            return cls(
+                rng=restore_rng(state["rng"]),
+                generation=int(state["generation"]),
+                archive=archive,
+                population=list(state["population"]),
+                activation_population=list(state["activation_population"]),
+                lineage=Lineage.from_json(state["lineage"]),
+                history=list(state["history"]),
+                weights=weights,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where} is missing or has bad search state ({type(exc).__name__}: {exc}); "
+                                  "the checkpoint is damaged; restore it or start a new run directory") from exc

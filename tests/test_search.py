@@ -1,0 +1,237 @@
+"""The search on a real local Ray session: completion, resume, fault handling, strategies."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from population.errors import CheckpointError, ConfigError
+from population.selection import hypervolume_2d
+from search.config import load_config
+from search.loop import Search
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "data.subset=300",
+    "model.widths=[16,16]",
+    "training.epochs=2",
+    "training.batch_size=32",
+    "certification.eps=0.05",
+    "training.eps=0.05",
+    "search.population_size=4",
+    "search.generations=3",
+    "search.kstarts=2",
+    "genome.sparsities=[0.5,0.9]",
+    "cluster.actors=2",
+]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray session shared by the tests (start-up costs seconds)."""
+    from cluster.connect import connect
+
+    connect(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def tiny(*extra: str):
+    return load_config(None, TINY + list(extra))
+
+
+def archive_view(search_or_state) -> list[tuple[str, float, float]]:
+    state = getattr(search_or_state, "state", search_or_state)
+    return [(cid, c.record.sparsity, c.record.certified_accuracy) for cid, c in state.archive.items()]
+
+
+def front_view(state) -> list[tuple[str, float, float]]:
+    return sorted((c.id, c.record.sparsity, c.record.certified_accuracy) for c in state.front())
+
+
+@pytest.fixture(scope="module")
+def reference_run(ray_session, tmp_path_factory):
+    """An uninterrupted tiny search, the baseline for the resume tests."""
+    search = Search.create(tiny(), tmp_path_factory.mktemp("reference") / "run")
+    search.run()
+    return search
+
+
+def test_small_search_completes_and_improves_on_its_first_generation(reference_run):
+    history = reference_run.state.history
+    assert [h["generation"] for h in history] == [0, 1, 2, 3]
+    first = [(s, a) for _, s, a in history[0]["front"]]
+    final = [(s, a) for _, s, a in history[-1]["front"]]
+    assert hypervolume_2d(final) >= hypervolume_2d(first) > 0
+    for s0, a0 in first:  # every point of the first front is weakly dominated by the final front
+        assert any(s >= s0 and a >= a0 for s, a in final)
+    assert (reference_run.run_dir / "front.json").is_file()
+    assert len(reference_run.state.archive) == 4 + 3 * 4 - _duplicates(reference_run)
+
+
+def _duplicates(search) -> int:
+    made = sum(h["offspring"] for h in search.state.history)
+    return made - len(search.state.archive)
+
+
+def test_every_candidate_is_evaluated_once_and_recorded_in_lineage(reference_run):
+    lines = (reference_run.run_dir / "evaluations.jsonl").read_text().splitlines()
+    ids = [json.loads(line)["id"] for line in lines]
+    assert len(ids) == len(set(ids)) == len(reference_run.state.archive)
+    lineage = reference_run.state.lineage
+    for cid in reference_run.state.archive:
+        record = lineage.get(cid)
+        assert record.operator == "kstart" or record.parent_ids
+        for parent in record.parent_ids:
+            assert parent in reference_run.state.archive
+
+
+def test_same_seed_same_archive(ray_session, reference_run, tmp_path):
+    again = Search.create(tiny(), tmp_path / "again")
+    again.run()
+    assert archive_view(again) == archive_view(reference_run)
+
+
+def test_resume_after_completion_with_more_generations_continues(ray_session, reference_run, tmp_path):
+    search = Search.create(tiny("search.generations=1"), tmp_path / "short")
+    search.run()
+    resumed = Search.resume(tmp_path / "short", generations=3)
+    resumed.run()
+    assert archive_view(resumed) == archive_view(reference_run)
+    assert front_view(resumed.state) == front_view(reference_run.state)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_driver_resumes_to_the_uninterrupted_result(ray_session, reference_run, tmp_path, sig):
+    run_dir = tmp_path / "killed"
+    address = ray.get_runtime_context().gcs_address
+    script = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from search.config import load_config\n"
+        "from search.loop import Search\n"
+        "Search.create(load_config(None, %r), %r).run()\n"
+    ) % (str(ROOT), TINY + [f"cluster.address={address}"], str(run_dir))
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True)
+    journal = run_dir / "evaluations.jsonl"
+    deadline = time.time() + 240
+    # Stop it in the middle of generation 2: after checkpoint 1, with some of 2 done.
+    while time.time() < deadline:
+        if (run_dir / "checkpoint" / "state.json").is_file() and journal.is_file():
+            state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+            if state["generation"] >= 1 and len(journal.read_text().splitlines()) > len(state["state"]["archive"]):
+                break
+        if proc.poll() is not None:
+            pytest.fail("the search ended before it could be interrupted")
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the search did not reach generation 1 in time")
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+    done_before = len(journal.read_text().splitlines())
+
+    resumed = Search.resume(run_dir)
+    resumed.run()
+    assert archive_view(resumed) == archive_view(reference_run)
+    assert front_view(resumed.state) == front_view(reference_run.state)
+    # Nothing finished before the interruption was evaluated again.
+    assert resumed.evaluated_this_session == len(reference_run.state.archive) - done_before
+
+
+class KillOneActor:
+    """Kills a busy evaluator actor once, right after the first result arrives."""
+
+    def __init__(self) -> None:
+        self.killed = None
+
+    def on_start(self, search) -> None: ...
+    def on_generation(self, search, summary) -> None: ...
+    def on_end(self, search, summary) -> None: ...
+
+    def on_evaluation(self, search, result) -> None:
+        if self.killed is None and search.pool.in_flight():
+            actor, task = search.pool.in_flight()[0]
+            ray.kill(actor, no_restart=True)
+            self.killed = task.key
+
+
+def test_actor_killed_mid_search_loses_and_duplicates_nothing(ray_session, reference_run, tmp_path):
+    killer = KillOneActor()
+    search = Search.create(tiny(), tmp_path / "faulty", [killer])
+    search.run()
+    assert killer.killed is not None
+    assert search.pool.replacements >= 1
+    assert killer.killed in search.state.archive and search.state.archive[killer.killed].record.ok
+    assert archive_view(search) == archive_view(reference_run)
+    ids = [json.loads(line)["id"] for line in (search.run_dir / "evaluations.jsonl").read_text().splitlines()]
+    assert len(ids) == len(set(ids))
+
+
+def test_damaged_checkpoint_gives_a_clear_error(ray_session, reference_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(reference_run.run_dir, run_dir)
+    arrays = next((run_dir / "checkpoint").glob("arrays-*.safetensors"))
+    arrays.write_bytes(arrays.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="arrays"):
+        Search.resume(run_dir)
+    (run_dir / "checkpoint" / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="state.json"):
+        Search.resume(run_dir)
+
+
+def test_resume_of_something_else_refuses(tmp_path):
+    with pytest.raises(CheckpointError, match="not a certevo run directory"):
+        Search.resume(tmp_path)
+
+
+def test_second_launch_into_the_same_directory_refuses(reference_run):
+    with pytest.raises(ConfigError, match="already holds a search"):
+        Search.create(tiny(), reference_run.run_dir)
+
+
+def test_coevolution_completes_with_a_front(ray_session, tmp_path):
+    search = Search.create(tiny("search.strategy=coevolution", "genome.activations=[relu,tanh,sigmoid]"), tmp_path / "coev")
+    result = search.run()
+    assert result.front and all(c.record.ok for c in result.front)
+    patterns = {tuple(map(str, c.genome.activation_pattern())) for c in search.state.archive.values()}
+    assert len(patterns) > 1  # the activation population really varied
+    assert len(search.state.activation_population) >= 2
+
+
+@pytest.mark.parametrize("score", ["magnitude", "certified"])
+def test_kstarts_picks_the_winners_its_score_says(ray_session, tmp_path, score):
+    search = Search.create(
+        tiny("search.generations=0", "search.kstarts=3", "search.population_size=2", f"search.kstarts_score={score}"),
+        tmp_path / score,
+    )
+    search.run()
+    records = {cid: c.record for cid, c in search.state.archive.items()}
+    assert len(records) == 6
+    value = (lambda r: r.certified_accuracy) if score == "certified" else (lambda r: r.kstarts["magnitude"])
+    expected = []
+    for sparsity in (0.5, 0.9):
+        group = [cid for cid, r in records.items() if abs(r.sparsity - sparsity) < 0.01]
+        expected.append(max(group, key=lambda cid: (value(records[cid]), -list(records).index(cid))))
+    assert search.state.population == expected
+
+
+def test_budget_smaller_than_kstarts_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="search.evaluation_budget"):
+        Search.create(tiny("search.evaluation_budget=3"), tmp_path / "budget")
+
+
+def test_evaluation_budget_stops_the_search(ray_session, tmp_path):
+    search = Search.create(tiny("search.evaluation_budget=7", "search.generations=10"), tmp_path / "budget")
+    search.run()
+    assert len(search.state.archive) == 7
