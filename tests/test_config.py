@@ -1,0 +1,77 @@
+"""Search configuration: defaults, YAML, overrides and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from population.errors import ConfigError
+from search.config import SearchConfig, config_from_dict, load_config
+
+
+def test_empty_config_is_the_digits_default(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    config = load_config(path)
+    assert config == SearchConfig()
+    assert config.data.name == "digits" and config.search.strategy == "nsga2"
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("search:\n  population_size: 6\n  rates:\n    crossover: 0.2\nmodel:\n  widths: [32, 16]\n")
+    config = load_config(path, ["search.generations=2", "genome.activations=[relu,tanh]"])
+    assert config.search.population_size == 6
+    assert config.search.rates.crossover == 0.2
+    assert config.search.rates.prune_regrow == SearchConfig().search.rates.prune_regrow
+    assert config.model.widths == (32, 16)
+    assert config.search.generations == 2
+    assert config.genome.activations == ("relu", "tanh")
+
+
+def test_round_trip_through_plain_data():
+    config = load_config(None, ["search.strategy=coevolution", "search.extra_objectives=[clean_accuracy]"])
+    assert config_from_dict(config.to_dict()) == config
+    assert config.digest() == config_from_dict(config.to_dict()).digest()
+
+
+def test_digest_ignores_where_it_runs():
+    a = load_config(None, ["cluster.actors=1"])
+    b = load_config(None, ["cluster.actors=2", "run_dir=elsewhere"])
+    c = load_config(None, ["search.seed=1"])
+    assert a.digest() == b.digest() != c.digest()
+
+
+@pytest.mark.parametrize(
+    "values, field, value_text, fix_text",
+    [
+        ({"serch": {}}, "serch", "{}", "the sections are"),
+        ({"search": {"popsize": 3}}, "search.popsize", "3", "population_size"),
+        ({"search": {"strategy": "greedy"}}, "search.strategy", "'greedy'", "nsga2, coevolution"),
+        ({"search": {"population_size": 1}}, "search.population_size", "1", ">= 2"),
+        ({"search": {"kstarts_score": "luck"}}, "search.kstarts_score", "'luck'", "magnitude"),
+        ({"search": {"rates": {"crossover": 1.5}}}, "search.rates.crossover", "1.5", "probability"),
+        ({"training": {"method": "adam"}}, "training.method", "'adam'", "crown-ibp"),
+        ({"training": {"eps": 3}}, "training.eps", "3", "[0, 1]"),
+        ({"certification": {"method": "exact"}}, "certification.method", "'exact'", "crown-optimized"),
+        ({"genome": {"activations": ["swish"]}}, "genome.activations", "swish", "relu"),
+        ({"genome": {"sparsities": [1.2]}}, "genome.sparsities", "1.2", "[0, 1)"),
+        ({"data": {"name": "cifar"}}, "data.name", "'cifar'", "digits"),
+        ({"cluster": {"actors": 0}}, "cluster.actors", "0", "positive"),
+    ],
+)
+def test_bad_values_name_field_value_and_fix(values, field, value_text, fix_text):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(values)
+    message = str(info.value)
+    assert field in message and value_text in message and fix_text in message
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["search.generations"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
