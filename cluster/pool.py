@@ -22,6 +22,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from evaluators.evaluator import Evaluation
 from evaluators.fitness import FitnessRecord
+from evaluators.lirpa_compat import AutoLirpaMissing
 from evaluators.spec import EvaluationSpec
 from population.errors import CertevoError
 from population.genome import Genome
@@ -164,6 +165,8 @@ class EvaluationPool:
                 self._replace()
                 continue
             except RayTaskError as exc:
+                if isinstance(exc.cause, AutoLirpaMissing):
+                    raise AutoLirpaMissing(str(exc.cause)) from None
                 self._idle.append(actor)
                 yield TaskResult(task, _failed(task, f"evaluation raised {exc.cause!r}"), "", 0.0)
                 continue

@@ -13,6 +13,7 @@ from evaluators.bounds import BoundedModuleCache, VerifierError, bound_module
 from evaluators.certification import certify
 from evaluators.data import DatasetSplits
 from evaluators.fitness import FitnessRecord
+from evaluators.lirpa_compat import AutoLirpaMissing
 from evaluators.models import ModelTemplate, activation_pattern_key
 from evaluators.settings import CertificationSettings, TrainingSettings
 from evaluators.training import TrainingDiverged, train_masked
@@ -102,6 +103,8 @@ class CandidateEvaluator:
             hint = [a for a in genome.all_activation_names() if a in UNCERTIFIABLE_ACTIVATIONS]
             reason = f"activations {hint} cannot be bounded by auto_LiRPA 0.3 here; " if hint else ""
             return Evaluation(record(f"{reason}{exc}"))
+        except AutoLirpaMissing:
+            raise  # the installation is broken, not the candidate
         except Exception as exc:  # a bad candidate must never kill a search
             return Evaluation(
                 record(f"unexpected error: {type(exc).__name__}: {exc}", extra={"traceback": traceback.format_exc()})

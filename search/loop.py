@@ -117,6 +117,7 @@ class Search:
         store = CheckpointStore(path / "checkpoint")
         if store.exists():
             state_data, arrays = store.load()
+            _check_same_config(config, state_data.get("config"), config_path)
             state = SearchState.from_checkpoint(state_data, arrays, str(store.manifest_path))
         else:  # stopped before the K-starts phase finished: start over (the journal keeps results)
             state = SearchState(rng=np.random.default_rng(derive_seed(config.search.seed, "search")))
@@ -244,6 +245,7 @@ class Search:
         }
         self.state.history.append(summary)
         state, arrays = self.state.to_checkpoint()
+        state["config"] = self.config.to_dict()
         self.store.save(state, arrays, self.state.generation)
         for observer in self.observers:
             observer.on_generation(self, summary)
@@ -271,4 +273,24 @@ def _check_budget(config: SearchConfig) -> None:
         raise ConfigError(
             f"search.evaluation_budget is {s.evaluation_budget}, but the K-starts phase alone needs {starts} "
             f"evaluations (search.kstarts x genome.sparsities); raise the budget above {starts} or lower search.kstarts"
+        )
+
+
+def _check_same_config(config: SearchConfig, saved: dict[str, Any] | None, where: Path) -> None:
+    """Refuse to resume if the config file no longer matches the checkpoint's (apart from
+    the budget, which resume may raise, and where it runs)."""
+    if saved is None:
+        raise CheckpointError(f"the checkpoint next to {where} has no configuration; it is damaged or foreign")
+    before = config_from_dict(saved)
+    same_budget = replace(before, search=replace(before.search, generations=config.search.generations,
+                                                 evaluation_budget=config.search.evaluation_budget))
+    if same_budget.digest() != config.digest():
+        now, then = config.to_dict(), same_budget.to_dict()
+        changed = sorted(
+            f"{section}.{key}" for section in now if isinstance(now[section], dict)
+            for key in now[section] if now[section][key] != then[section].get(key)
+        )
+        raise CheckpointError(
+            f"{where} differs from the configuration the checkpoint was made with (changed: {', '.join(changed)}); "
+            "a resumed search must use the same settings: restore the file, or launch a new run directory"
         )

@@ -190,6 +190,28 @@ def test_damaged_checkpoint_gives_a_clear_error(ray_session, reference_run, tmp_
         Search.resume(run_dir)
 
 
+def test_resume_with_a_changed_config_refuses(reference_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "changed"
+    shutil.copytree(reference_run.run_dir, run_dir)
+    text = (run_dir / "config.yaml").read_text()
+    (run_dir / "config.yaml").write_text(text.replace("lr: 0.005", "lr: 0.01"))
+    with pytest.raises(CheckpointError, match="training.lr"):
+        Search.resume(run_dir)
+
+
+def test_weight_inheritance_is_deterministic(ray_session, tmp_path):
+    settings = ("search.weight_inheritance=true", "search.inherit_epochs=1", "search.generations=2")
+    first = Search.create(tiny(*settings), tmp_path / "a")
+    first.run()
+    second = Search.create(tiny(*settings), tmp_path / "b")
+    second.run()
+    assert archive_view(first) == archive_view(second)
+    inherited = [c for c in first.state.archive.values() if c.record.epochs == 1]
+    assert inherited, "no child trained from its parent's weights"
+
+
 def test_resume_of_something_else_refuses(tmp_path):
     with pytest.raises(CheckpointError, match="not a certevo run directory"):
         Search.resume(tmp_path)
