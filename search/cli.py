@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from population.errors import CertevoError
+from population.errors import CertevoError, ConfigError
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -142,6 +143,192 @@ def _run_resume(args: argparse.Namespace) -> int:
     return _finish_search(search)
 
 
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="show a run's population, front, lineage and history",
+                       description="Show the population and Pareto front of the search in RUN_DIR.")
+    p.add_argument("run_dir")
+    p.add_argument("--sort", default="sparsity", help="sort the population by sparsity (default), certified, clean, generation or id")
+    p.add_argument("--lineage", metavar="ID", default=None, help="show the ancestry tree of a candidate (id or unique prefix)")
+    p.add_argument("--json", action="store_true", help="print everything as JSON (for scripts)")
+    p.add_argument("--plot", metavar="FILE", default=None, help="write the Pareto front and its history as a PNG")
+    p.set_defaults(handler=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.tree import Tree
+
+    from search.inspect_run import lineage_tree, load_run, resolve_id, sorted_rows, summary
+
+    config, state = load_run(args.run_dir)
+    info = summary(config, state, args.sort)
+    if args.lineage:
+        tree = lineage_tree(state, resolve_id(state, args.lineage))
+        info = {"lineage": tree}
+    if args.plot:
+        from search.plots import plot_front
+
+        points = [(c.record.sparsity, c.record.certified_accuracy) for c in state.front()]
+        plot_front(points, args.plot, history=state.history, title=f"{args.run_dir}: Pareto front")
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    console = Console()
+    if args.lineage:
+        console.print(_rich_tree(info["lineage"], Tree))
+        return 0
+    console.print(f"[bold]{args.run_dir}[/]: generation {info['generation']}, {info['evaluations']} candidates "
+                  f"evaluated, hypervolume {info['hypervolume']:.4f} ({info['strategy']})")
+    console.print(_rows_table(info["population"], f"population (sorted by {args.sort})", Table))
+    console.print(_rows_table(sorted_rows(info["front"], "sparsity"), "Pareto front", Table))
+    ops = Table(title="operators")
+    for col in ("operator", "children", "on front"):
+        ops.add_column(col)
+    for name, stats in info["operators"].items():
+        ops.add_row(name, str(stats["children"]), str(stats["on_front"]))
+    console.print(ops)
+    if args.plot:
+        console.print(f"plot written to {args.plot}")
+    return 0
+
+
+def _rows_table(rows, title, table_type):
+    table = table_type(title=title)
+    for col in ("id", "sparsity", "certified", "clean", "activations", "gen", "operator"):
+        table.add_column(col, justify="right" if col in ("sparsity", "certified", "clean", "gen") else "left")
+    for r in rows:
+        acts = ",".join(a if isinstance(a, str) else "per-neuron" for a in r["activations"])
+        table.add_row(r["id"], f"{r['sparsity']:.2%}", f"{r['certified_accuracy']:.2%}", f"{r['clean_accuracy']:.2%}",
+                      acts, str(r["generation"]), r["operator"] or "")
+    return table
+
+
+def _rich_tree(node, tree_type, tree=None):
+    gain = node.get("child_gain")
+    label = (f"{node['id']}  gen {node['generation']}  {node['operator']}  "
+             f"sparsity {node['sparsity']:.2%}  certified {node['certified_accuracy']:.2%}")
+    if gain is not None:
+        label += f"  (child {'+' if gain >= 0 else ''}{gain:.2%})"
+    branch = tree_type(label) if tree is None else tree.add(label)
+    for parent in node["parents"]:
+        _rich_tree(parent, tree_type, branch)
+    return branch
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a candidate's masks and activations",
+                       description="Write the chosen candidate as FILE.safetensors (masks) + FILE.json (manifest).")
+    p.add_argument("run_dir")
+    choice = p.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--id", dest="candidate_id", default=None, help="candidate id (or unique prefix)")
+    choice.add_argument("--min-sparsity", type=float, default=None,
+                        help="the most certified front member at least this sparse, e.g. 0.9")
+    choice.add_argument("--knee", action="store_true", help="the knee of the Pareto front")
+    p.add_argument("-o", "--output", required=True, help="output path (FILE.json and FILE.safetensors are written)")
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from search.export_commands import export_candidate
+
+    json_path, tensor_path = export_candidate(args.run_dir, args.output, candidate_id=args.candidate_id,
+                                              min_sparsity=args.min_sparsity, knee=args.knee)
+    manifest = json.loads(Path(json_path).read_text())
+    print(f"exported candidate {manifest.get('candidate_id')} (sparsity {manifest.get('sparsity', 0):.2%}) to "
+          f"{json_path} and {tensor_path}")
+    print(f"next: certevo train {json_path}")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="full-length certified training of an exported mask",
+                       description="Train an exported mask for real (full eps schedule), then certify it on the "
+                       "held-out test split the search never saw.")
+    p.add_argument("file", help="the export (.json, .safetensors or their common stem)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--method", default=None, help="training method (clean, pgd, ibp, crown-ibp)")
+    p.add_argument("--eps", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--data-path", default=None, help="where the data set lives, if not where the search read it")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("-o", "--output", default=None, help="output directory (default: next to the export)")
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from search.export_commands import train_exported
+
+    overrides = {k: v for k, v in {"epochs": args.epochs, "method": args.method, "eps": args.eps, "lr": args.lr,
+                                   "batch_size": args.batch_size, "data_path": args.data_path,
+                                   "seed": args.seed}.items() if v is not None}
+    report, out_dir = train_exported(args.file, args.output, **overrides)
+    data = report.to_dict()
+    print(f"final training of {data.get('candidate_id')} ({data.get('method')}, {data.get('epochs')} epochs, "
+          f"eps={data.get('eps')}) on the held-out test split ({data.get('samples')} samples):")
+    for key in ("sparsity", "clean_accuracy", "pgd_accuracy", "certified_accuracy_ibp", "certified_accuracy_crown"):
+        value = data.get(key)
+        if value is not None:
+            print(f"  {key:26s} {value:8.2%}")
+    print(f"report and weights in {out_dir}")
+    return 0
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="tune the search's own settings with Optuna",
+                       description="Each trial runs a search at a fixed evaluation budget and scores its "
+                       "hypervolume. The study is in RUN_DIR/optuna.journal; rerun to resume.")
+    p.add_argument("config", nargs="?", default=None, help="YAML config of the searches (default: digits default)")
+    p.add_argument("--trials", type=int, required=True, help="number of finished trials to reach")
+    p.add_argument("--budget", type=int, default=40, help="evaluations per trial (default 40)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--run-dir", default="runs/tune", help="where the study lives (default runs/tune)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: SQLite in the run directory)")
+    p.set_defaults(handler=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    import ray
+
+    from search.config import load_config
+    from search.tune import TUNE_FILE, tune
+
+    if args.trials < 1:
+        raise ConfigError(f"--trials must be >= 1; got {args.trials}")
+    run_dir = Path(args.run_dir)
+    base = None
+    if not (run_dir / TUNE_FILE).is_file() or args.config or args.overrides:
+        base = load_config(args.config, args.overrides)
+
+    def observers(number, trial_dir):
+        return _trackers(args.tracking_uri, run_dir, experiment="certevo-tune", tags={"optuna.trial": str(number)})
+
+    def report(study, trial):
+        print(f"trial {trial.number}: hypervolume {trial.value if trial.value is not None else float('nan'):.4f} "
+              f"params {trial.params}", flush=True)
+
+    try:
+        study = tune(base, run_dir, args.trials, budget=args.budget, observers=observers, on_trial=report)
+    finally:
+        ray.shutdown()
+    best = study.best_trial
+    print(f"best trial {best.number}: hypervolume {best.value:.4f}")
+    for key, value in best.params.items():
+        print(f"  {key} = {value}")
+    print(f"study: {run_dir / 'optuna.journal'} (open with: optuna-dashboard {run_dir / 'optuna.journal'})")
+    return 0
+
+
+def _trackers(tracking_uri, run_dir, experiment="certevo", tags=None):
+    """The MLflow tracker as a list of observers (empty if MLflow tracking is unavailable)."""
+    try:
+        from search.tracking import MlflowTracker
+    except ImportError:
+        return []
+    return [MlflowTracker(tracking_uri=tracking_uri, experiment=experiment, extra_tags=tags or {})]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``certevo`` command."""
     parser = argparse.ArgumentParser(
@@ -151,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_launch(sub)
     _add_resume(sub)
+    _add_inspect(sub)
+    _add_export(sub)
+    _add_train(sub)
+    _add_tune(sub)
     _add_evaluate(sub)
     return parser
 

@@ -1,0 +1,159 @@
+"""The certevo console script, end to end, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = {
+    "data": {"subset": 300},
+    "model": {"widths": [16, 16]},
+    "training": {"epochs": 2, "batch_size": 32, "eps": 0.05},
+    "certification": {"eps": 0.05},
+    "genome": {"sparsities": [0.5, 0.9]},
+    "search": {"population_size": 4, "generations": 2, "kstarts": 2},
+    "cluster": {"actors": 2},
+}
+
+
+def certevo_exe() -> str:
+    exe = Path(sys.executable).with_name("certevo")
+    if not exe.exists():
+        pytest.skip(f"the certevo console script is not installed next to {sys.executable}; run `make test`")
+    return str(exe)
+
+
+def run(*args: str, timeout: float = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="200", RAY_USAGE_STATS_ENABLED="0")
+    return subprocess.run([certevo_exe(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_CONFIG))
+    return path
+
+
+@pytest.fixture(scope="module")
+def launched(config_file, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    out = run("launch", str(config_file), "--run-dir", str(run_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Pareto front" in out.stderr and "certevo resume" in out.stderr
+    return run_dir
+
+
+def test_launch_writes_a_complete_run_directory(launched):
+    for name in ("config.yaml", "front.json", "evaluations.jsonl", "checkpoint/state.json"):
+        assert (launched / name).exists(), name
+    front = json.loads((launched / "front.json").read_text())
+    assert front["front"] and front["generations"] == 2
+
+
+def test_inspect_table_json_lineage_and_plot(launched, tmp_path):
+    out = run("inspect", str(launched), "--sort", "certified")
+    assert out.returncode == 0, out.stderr
+    assert "population (sorted by certified)" in out.stdout and "Pareto front" in out.stdout
+    info = json.loads(run("inspect", str(launched), "--json").stdout)
+    certified = [r["certified_accuracy"] for r in info["population"]]
+    assert info["front"] and len(info["history"]) == 3
+    by_cert = json.loads(run("inspect", str(launched), "--json", "--sort", "certified").stdout)["population"]
+    assert [r["certified_accuracy"] for r in by_cert] == sorted(certified, reverse=True)
+    child = next(r for r in info["population"] + info["front"] if r["parents"]) if any(
+        r["parents"] for r in info["population"] + info["front"]) else None
+    if child is not None:
+        tree = json.loads(run("inspect", str(launched), "--json", "--lineage", child["id"][:10]).stdout)["lineage"]
+        assert tree["id"] == child["id"] and [p["id"] for p in tree["parents"]] == child["parents"]
+        text = run("inspect", str(launched), "--lineage", child["id"]).stdout
+        assert child["operator"] in text
+    plot = tmp_path / "front.png"
+    out = run("inspect", str(launched), "--plot", str(plot))
+    assert out.returncode == 0, out.stderr
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_export_then_train(launched, tmp_path):
+    out = run("export", str(launched), "--knee", "-o", str(tmp_path / "best"))
+    assert out.returncode == 0, out.stderr
+    manifest = json.loads((tmp_path / "best.json").read_text())
+    assert (tmp_path / "best.safetensors").is_file()
+    front_ids = {r["id"] for r in json.loads((launched / "front.json").read_text())["front"]}
+    assert manifest["candidate_id"] in front_ids
+    out = run("train", str(tmp_path / "best.json"), "--epochs", "2", "-o", str(tmp_path / "trained"))
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "trained" / "report.json").read_text())
+    assert (tmp_path / "trained" / "weights.safetensors").is_file()
+    assert report["certified_accuracy_crown"] <= report["clean_accuracy"]
+    assert abs(report["sparsity"] - manifest["sparsity"]) < 1e-12
+
+
+def test_interrupted_launch_resumes(config_file, tmp_path):
+    run_dir = tmp_path / "interrupted"
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.Popen([certevo_exe(), "launch", str(config_file), "--run-dir", str(run_dir)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run_dir / "checkpoint" / "state.json").is_file():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "certevo resume" in err
+    out = run("resume", str(run_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((run_dir / "front.json").read_text())["generations"] == 2
+    out = run("resume", str(run_dir), "--generations", "3")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((run_dir / "front.json").read_text())["generations"] == 3
+
+
+def test_tune_runs_two_trials_then_resumes_to_a_third(config_file, tmp_path):
+    run_dir = tmp_path / "tune"
+    out = run("tune", str(config_file), "--trials", "2", "--budget", "6", "--run-dir", str(run_dir),
+              "--set", "genome.sparsities=[0.5]")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (run_dir / "optuna.journal").is_file()
+    out = run("tune", "--trials", "3", "--run-dir", str(run_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    import optuna
+
+    from search.tune import STUDY_NAME, storage
+
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage(run_dir))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3
+    assert all(t.value is not None and t.value >= 0 for t in complete)
+    assert json.loads((run_dir / "best.json").read_text())["trials"] == 3
+
+
+def test_bad_arguments_and_directories_fail_clearly(launched, config_file, tmp_path):
+    out = run("launch", str(config_file), "--run-dir", str(launched))
+    assert out.returncode != 0 and "already holds a search" in out.stderr and "certevo resume" in out.stderr
+    out = run("launch", "--set", "search.population_size=1", "--run-dir", str(tmp_path / "x"))
+    assert out.returncode != 0 and "search.population_size" in out.stderr and "Traceback" not in out.stderr
+    out = run("inspect", str(tmp_path / "missing"))
+    assert out.returncode != 0 and "does not exist" in out.stderr
+    out = run("resume", str(tmp_path))
+    assert out.returncode != 0 and "not a certevo run directory" in out.stderr
+    out = run("export", str(launched), "--min-sparsity", "0.999", "-o", str(tmp_path / "e"))
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    out = run("export", str(launched), "-o", str(tmp_path / "e"))
+    assert out.returncode != 0  # one of --id / --min-sparsity / --knee is required
+
+
+@pytest.mark.parametrize("command", ["launch", "resume", "inspect", "export", "train", "tune", "evaluate"])
+def test_every_command_has_help(command):
+    out = run(command, "--help", timeout=60)
+    assert out.returncode == 0 and "usage: certevo " + command in out.stdout
