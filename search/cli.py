@@ -254,6 +254,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-path", default=None, help="where the data set lives, if not where the search read it")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("-o", "--output", default=None, help="output directory (default: next to the export)")
+    p.add_argument("--force", action="store_true", help="overwrite an earlier report in the output directory")
     p.set_defaults(handler=_run_train)
 
 
@@ -263,7 +264,7 @@ def _run_train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"epochs": args.epochs, "method": args.method, "eps": args.eps, "lr": args.lr,
                                    "batch_size": args.batch_size, "data_path": args.data_path,
                                    "seed": args.seed}.items() if v is not None}
-    report, out_dir = train_exported(args.file, args.output, **overrides)
+    report, out_dir = train_exported(args.file, args.output, overwrite=args.force, progress=True, **overrides)
     data = report.to_dict()
     print(f"final training of {data.get('candidate_id')} ({data.get('method')}, {data.get('epochs')} epochs, "
           f"eps={data.get('eps')}) on the held-out test split ({data.get('samples')} samples):")

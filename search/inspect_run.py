@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -10,30 +11,35 @@ import yaml
 from population.checkpoint import CheckpointStore
 from population.errors import CheckpointError, ConfigError
 from search.config import SearchConfig, config_from_dict
+from search.loop import CONFIG_FILE, check_same_config
 from search.state import Candidate, SearchState
 
 SORT_KEYS = ("sparsity", "certified", "clean", "generation", "id")
 
 
 def load_run(run_dir: str | Path) -> tuple[SearchConfig, SearchState]:
-    """The configuration and last checkpointed state of the search in ``run_dir``."""
+    """The configuration and last checkpointed state of the search in ``run_dir``; refuses
+    a config.yaml edited since the checkpoint (apart from the budget)."""
     path = Path(run_dir)
+    if not path.exists():
+        raise ConfigError(f"run directory {path} does not exist; pass the directory `certevo launch` created (e.g. runs/<name>)")
     if not path.is_dir():
-        raise CheckpointError(f"run directory {path} does not exist; pass the directory `certevo launch` printed")
-    config_path = path / "config.yaml"
+        raise ConfigError(f"run directory {path} is a file, not a directory; pass the directory `certevo launch` created")
+    config_path = path / CONFIG_FILE
     if not config_path.is_file():
-        raise CheckpointError(f"{path} is not a certevo run directory (no config.yaml); pass the directory a launch created")
+        raise CheckpointError(f"{path} is not a certevo run directory (no {CONFIG_FILE}); pass the directory a launch created")
     try:
         config = config_from_dict(yaml.safe_load(config_path.read_text()))
     except yaml.YAMLError as exc:
-        raise CheckpointError(f"{config_path} is not valid YAML ({exc}); the run directory is damaged") from exc
+        raise CheckpointError(f"{config_path} is not valid YAML ({exc}); the run directory is damaged; restore the file") from exc
     store = CheckpointStore(path / "checkpoint")
     if not store.exists():
         raise CheckpointError(
-            f"{path} has no checkpoint yet (the K-starts phase did not finish); "
-            f"run `certevo resume {path}` to continue it"
+            f"{path} has no checkpoint yet ({store.manifest_path} is missing): the search stopped before its first "
+            f"generation finished; resume it with `certevo resume {path}`"
         )
     state_data, arrays = store.load()
+    check_same_config(config, state_data.get("config"), config_path)
     return config, SearchState.from_checkpoint(state_data, arrays, str(store.manifest_path))
 
 
@@ -66,13 +72,23 @@ def sorted_rows(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
 
 
 def resolve_id(state: SearchState, prefix: str) -> str:
-    """The archive id starting with ``prefix`` (unique), else a clear error."""
+    """The archive id equal to, or uniquely starting with, ``prefix``; else a clear error."""
+    if not isinstance(prefix, str) or not prefix.strip():
+        raise ConfigError(f"a candidate id (or a prefix of one) is needed; got {prefix!r}")
+    prefix = prefix.strip()
+    if prefix in state.archive:
+        return prefix
     matches = [cid for cid in state.archive if cid.startswith(prefix)]
     if len(matches) == 1:
         return matches[0]
-    if not matches:
-        raise ConfigError(f"no candidate id starts with {prefix!r}; see `certevo inspect RUN_DIR` for the ids")
-    raise ConfigError(f"{prefix!r} matches {len(matches)} candidates ({', '.join(m[:12] for m in matches[:5])}...); give more characters")
+    if matches:
+        raise ConfigError(f"{prefix!r} matches {len(matches)} candidates ({', '.join(sorted(matches)[:10])}); "
+                          "give more characters of the id")
+    close = difflib.get_close_matches(prefix, list(state.archive), n=5, cutoff=0.3)
+    front = [c.id for c in sorted(state.front(), key=lambda c: c.record.sparsity)]
+    hint = f"close ids: {', '.join(close)}" if close else f"front ids: {', '.join(front[:10]) or 'none'}"
+    raise ConfigError(f"no candidate id starts with {prefix!r} ({len(state.archive)} candidates); {hint}; "
+                      "see `certevo inspect RUN_DIR` for the ids")
 
 
 def lineage_tree(state: SearchState, candidate_id: str, max_depth: int = 12) -> dict[str, Any]:

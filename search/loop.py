@@ -117,7 +117,7 @@ class Search:
         store = CheckpointStore(path / "checkpoint")
         if store.exists():
             state_data, arrays = store.load()
-            _check_same_config(config, state_data.get("config"), config_path)
+            check_same_config(config, state_data.get("config"), config_path)
             state = SearchState.from_checkpoint(state_data, arrays, str(store.manifest_path))
         else:  # stopped before the K-starts phase finished: start over (the journal keeps results)
             state = SearchState(rng=np.random.default_rng(derive_seed(config.search.seed, "search")))
@@ -276,7 +276,7 @@ def _check_budget(config: SearchConfig) -> None:
         )
 
 
-def _check_same_config(config: SearchConfig, saved: dict[str, Any] | None, where: Path) -> None:
+def check_same_config(config: SearchConfig, saved: dict[str, Any] | None, where: Path) -> None:
     """Refuse to resume if the config file no longer matches the checkpoint's (apart from
     the budget, which resume may raise, and where it runs)."""
     if saved is None:
