@@ -45,11 +45,12 @@ def input_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def needs_matrix_conv_mode(model: nn.Module) -> bool:
-    """True if per-neuron activations follow a convolution (auto_LiRPA's patches mode
-    cannot multiply by a per-channel constant)."""
+    """True if a convolution is followed by an activation that auto_LiRPA 0.3's patches
+    mode cannot bound with CROWN: per-neuron mixes (a per-channel constant product) and
+    LeakyReLU (its relaxation calls ``clamp`` on a Patches object)."""
     modules = list(model.children())
     return any(
-        isinstance(m, NeuronActivations) and i > 0 and isinstance(modules[i - 1], nn.Conv2d)
+        isinstance(m, (NeuronActivations, nn.LeakyReLU)) and i > 0 and isinstance(modules[i - 1], nn.Conv2d)
         for i, m in enumerate(modules)
     )
 

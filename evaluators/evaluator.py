@@ -132,6 +132,9 @@ class CandidateEvaluator:
             seed=derive_seed(self.seed, genome.id, "train"), num_classes=self.data.num_classes, epochs=epochs,
         )
         timings["train"] = time.perf_counter() - start
+        with torch.no_grad():
+            if not bool(torch.isfinite(model(self.data.val.x)).all()):
+                raise TrainingDiverged("the trained model outputs NaN or infinite logits")
 
         start = time.perf_counter()
         result = certify(

@@ -83,7 +83,9 @@ def _patch_numpy_arraysetops() -> None:
 
 def _patch_named_members(bounded_module_type: type) -> None:
     original = bounded_module_type._named_members
-    if "remove_duplicate" in inspect.signature(original).parameters:
+    if getattr(original, "_certevo_patch", False):
+        return
+    if "remove_duplicate" in inspect.signature(original, follow_wrapped=False).parameters:
         return
 
     @functools.wraps(original)
@@ -91,6 +93,7 @@ def _patch_named_members(bounded_module_type: type) -> None:
         # auto_LiRPA always removes duplicates; the keyword is accepted for torch 2's callers.
         return original(self, get_members_fn, prefix=prefix, recurse=recurse)
 
+    _named_members._certevo_patch = True
     bounded_module_type._named_members = _named_members
     _applied.append(f"{bounded_module_type.__name__}._named_members")
 

@@ -102,6 +102,8 @@ def train_masked(
             step += 1
     model.eval()
     with torch.no_grad():
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise TrainingDiverged(f"weights became NaN or infinite in the last of {total} steps (lr {settings.lr})")
         magnitude = sum(float(w.abs().sum()) for w, _ in masked) / kept
     return KStartsScores(magnitude, gradient_sum, math.sqrt(max(magnitude, 0.0) * max(gradient_sum, 0.0)))
 

@@ -97,7 +97,7 @@ class Genome:
     # -- identity -------------------------------------------------------------------
     def _content_hash(self) -> str:
         digest = hashlib.sha256()
-        for name, mask in self.masks.items():
+        for name, mask in sorted(self.masks.items()):
             digest.update(f"{name}:{mask.shape}".encode())
             digest.update(np.packbits(mask.ravel()).tobytes())
         digest.update(json.dumps(self.activation_pattern()).encode())
@@ -182,11 +182,16 @@ class Genome:
     @classmethod
     def from_parts(cls, manifest: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Genome:
         """Rebuild a genome from :meth:`manifest` and :meth:`mask_arrays` output."""
+        if not isinstance(manifest, Mapping):
+            raise CheckpointError(f"genome manifest must be a JSON object; got {type(manifest).__name__}; the file is damaged")
         if manifest.get("format") != GENOME_FORMAT:
             raise CheckpointError(
                 f"genome manifest has format {manifest.get('format')!r}, expected "
                 f"{GENOME_FORMAT!r}; it was not written by this version of certevo"
             )
+        missing_keys = [k for k in ("layers", "activations") if k not in manifest]
+        if missing_keys:
+            raise CheckpointError(f"genome manifest lacks {missing_keys}; the file is damaged or was edited")
         layers = manifest["layers"]
         missing = [name for name in layers if name not in arrays]
         if missing:
