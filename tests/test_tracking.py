@@ -1,0 +1,432 @@
+"""search.tracking.MlflowTracker against real MLflow (no mocks): the default SQLite store in
+the run directory, a real `mlflow server`, resume, and a server that goes away mid-search."""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from population.genome import Genome
+from search.config import load_config
+from search.loop import Search
+from search.tracking import RUN_FILE, MlflowTracker, TrackingWarning, flatten_config, git_commit
+
+GENERATIONS = 2
+TINY = [
+    "data.subset=300",
+    "model.widths=[16,16]",
+    "training.epochs=2",
+    "training.batch_size=32",
+    "certification.eps=0.05",
+    "training.eps=0.05",
+    "search.population_size=4",
+    f"search.generations={GENERATIONS}",
+    "search.kstarts=2",
+    "genome.sparsities=[0.5,0.9]",
+    "cluster.actors=2",
+]
+MLFLOW = Path(sys.executable).with_name("mlflow")
+FINAL_FILES = {"front.png", "front.html", "front.json", "lineage.csv", "lineage.png", "history.png"}
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray session shared by the tests (start-up costs seconds)."""
+    from cluster.connect import connect
+
+    connect(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def tiny(*extra: str):
+    return load_config(None, TINY + list(extra))
+
+
+@dataclass
+class Tracked:
+    search: Search
+    tracker: MlflowTracker
+    wall: float
+
+
+def run_tracked(search: Search, tracker: MlflowTracker) -> Tracked:
+    start = time.perf_counter()
+    search.run()
+    wall = time.perf_counter() - start
+    print(f"\n[tracking] {search.run_dir.name}: search wall {wall:.1f} s, tracker blocked the search "
+          f"{tracker.seconds_spent:.2f} s ({100 * tracker.seconds_spent / wall:.1f} %; by hook "
+          f"{ {k: round(v, 3) for k, v in tracker.seconds_by_hook.items()} }), background thread "
+          f"{tracker.background_seconds:.2f} s")
+    return Tracked(search, tracker, wall)
+
+
+# -- a real MLflow server ------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 with a SQLite backend and proxied artifacts; can be
+    killed and restarted on the same port and store."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        if self.alive():
+            return
+        env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        log = (self.root / f"server-{self.starts}.log").open("w")
+        self.proc = subprocess.Popen(
+            [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+             "--artifacts-destination", str(self.root / "artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        self.starts += 1
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait(self, timeout: float = 120.0) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if not self.alive():
+                log = (self.root / f"server-{self.starts - 1}.log").read_text()[-2000:]
+                raise RuntimeError(f"mlflow server exited:\n{log}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"mlflow server on port {self.port} did not answer /health in {timeout} s")
+
+    def ensure_up(self) -> None:
+        self.start()
+        self.wait()
+
+    def kill(self) -> None:
+        """Stop the server abruptly (its whole process group: uvicorn and its worker)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mlflow_server(tmp_path_factory):
+    """Started at the first test of this module (it takes ~15 s), waited for only by the
+    tests that use it, killed at the end."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server
+    server.kill()
+
+
+class Outage:
+    """Kills the server right after generation ``after`` (before the tracker's hook when
+    listed first); optionally starts it again at the end, before the tracker's on_end."""
+
+    def __init__(self, server: MlflowServer, after: int, restart_at_end: bool = False) -> None:
+        self.server, self.after, self.restart_at_end = server, after, restart_at_end
+        self.killed_at: int | None = None
+
+    def on_start(self, search) -> None: ...
+    def on_evaluation(self, search, result) -> None: ...
+
+    def on_generation(self, search, summary) -> None:
+        if summary["generation"] == self.after:
+            self.server.kill()
+            self.killed_at = summary["generation"]
+
+    def on_end(self, search, summary) -> None:
+        if self.restart_at_end:
+            self.server.ensure_up()
+
+
+class EnvProbe:
+    """Records the MLflow HTTP settings in force while the search runs."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str | None] = {}
+
+    def on_start(self, search) -> None: ...
+    def on_evaluation(self, search, result) -> None: ...
+    def on_end(self, search, summary) -> None: ...
+
+    def on_generation(self, search, summary) -> None:
+        for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+            self.seen[name] = os.environ.get(name)
+
+
+# -- what every tracked search must have logged --------------------------------------------
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for item in client.list_artifacts(run_id, path):
+        out.add(item.path)
+        if item.is_dir:
+            out |= artifact_paths(client, run_id, item.path)
+    return out
+
+
+def check_logged(client: MlflowClient, tracked: Tracked, tmp_path: Path) -> None:
+    search, tracker = tracked.search, tracked.tracker
+    history = search.state.history
+    front = json.loads((search.run_dir / "front.json").read_text())["front"]
+    front_ids = {row["id"] for row in front}
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+
+    params = run.data.params
+    assert params["search.population_size"] == "4"
+    assert params["training.lr"] == str(search.config.training.lr)
+    assert params["genome.sparsities"] == "[0.5, 0.9]"
+    assert params["search.rates.crossover"] == str(search.config.search.rates.crossover)
+    tags = run.data.tags
+    assert tags["seed"] == str(search.config.search.seed)
+    try:
+        version = importlib.metadata.version("certevo")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    assert tags["certevo.version"] == version
+    assert tags["config_digest"] == search.config.digest()
+    assert tags["run_dir"] == str(search.run_dir.resolve())
+    if git_commit() is not None:
+        assert tags["git_commit"] == git_commit()
+
+    hv = client.get_metric_history(tracker.run_id, "hypervolume")
+    assert sorted(m.step for m in hv) == list(range(GENERATIONS + 1))
+    assert {m.step: m.value for m in hv} == pytest.approx({h["generation"]: h["hypervolume"] for h in history})
+    for name in ("front_size", "evaluations", "evaluations_per_minute", "failures"):
+        assert len(client.get_metric_history(tracker.run_id, name)) == GENERATIONS + 1, name
+    best = client.get_metric_history(tracker.run_id, "best_certified_at_0.9")
+    assert {m.step: m.value for m in best} == pytest.approx(
+        {h["generation"]: h["best_certified"]["0.9"] for h in history})
+
+    paths = artifact_paths(client, tracker.run_id)
+    assert FINAL_FILES <= paths
+    assert {f"fronts/front_gen_{g:03d}.png" for g in range(GENERATIONS + 1)} <= paths
+    for cid in front_ids:
+        assert {f"masks/{cid}.json", f"masks/{cid}.safetensors"} <= paths
+
+    download = tmp_path / "download"
+    html = Path(client.download_artifacts(tracker.run_id, "front.html", str(download))).read_text()
+    assert all(cid in html for cid in front_ids)
+    masks = Path(client.download_artifacts(tracker.run_id, "masks", str(download)))
+    some = sorted(front_ids)[0]
+    assert Genome.load(masks / some) == search.state.archive[some].genome
+
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{tracker.run_id}'")
+    assert sorted(c.info.run_name for c in children) == sorted(front_ids)
+    for child in children:
+        record = search.state.archive[child.info.run_name].record
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["certevo.candidate_id"] == child.info.run_name
+        assert child.data.metrics["certified_accuracy"] == pytest.approx(record.certified_accuracy)
+        assert child.data.metrics["clean_accuracy"] == pytest.approx(record.clean_accuracy)
+        assert child.data.metrics["sparsity"] == pytest.approx(record.sparsity)
+        for layer, value in record.layer_sparsity.items():
+            assert float(child.data.params[f"layer_sparsity.{layer}"]) == pytest.approx(value, rel=1e-5)
+        assert json.loads(child.data.params["activations"]) == search.state.archive[child.info.run_name].genome.activation_pattern()
+        assert {f"mask/{child.info.run_name}.json", f"mask/{child.info.run_name}.safetensors"} <= artifact_paths(
+            client, child.info.run_id)
+
+
+def check_local_artifacts(run_dir: Path, generations: int = GENERATIONS) -> None:
+    art = run_dir / "artifacts"
+    for name in FINAL_FILES:
+        assert (art / name).is_file() and (art / name).stat().st_size > 0, name
+    for g in range(generations + 1):
+        assert (art / "fronts" / f"front_gen_{g:03d}.png").read_bytes()[:4] == b"\x89PNG"
+    front = json.loads((run_dir / "front.json").read_text())["front"]
+    for row in front:
+        assert (art / "masks" / f"{row['id']}.safetensors").is_file()
+
+
+# -- default store: SQLite in the run directory ---------------------------------------------
+@pytest.fixture(scope="module")
+def sqlite_run(ray_session, tmp_path_factory) -> Tracked:
+    tracker = MlflowTracker()
+    search = Search.create(tiny(), tmp_path_factory.mktemp("sqlite") / "run", [tracker])
+    return run_tracked(search, tracker)
+
+
+def test_default_store_is_sqlite_in_the_run_directory(sqlite_run):
+    run_dir = sqlite_run.search.run_dir.resolve()
+    assert sqlite_run.tracker.tracking_uri == f"sqlite:///{run_dir / 'mlflow.db'}"
+    assert (run_dir / "mlflow.db").is_file()
+    saved = json.loads((run_dir / RUN_FILE).read_text())
+    assert saved["run_id"] == sqlite_run.tracker.run_id
+    assert saved["tracking_uri"] == sqlite_run.tracker.tracking_uri
+    # the experiment's artifacts stay inside the run directory too, not in ./mlruns
+    client = MlflowClient(sqlite_run.tracker.tracking_uri)
+    assert client.get_experiment_by_name("certevo").artifact_location == (run_dir / "mlruns").as_uri()
+
+
+def test_sqlite_run_logs_params_tags_metrics_artifacts_and_child_runs(sqlite_run, tmp_path):
+    check_logged(MlflowClient(sqlite_run.tracker.tracking_uri), sqlite_run, tmp_path)
+
+
+def test_run_directory_has_every_artifact_file(sqlite_run):
+    check_local_artifacts(sqlite_run.search.run_dir)
+    run_dir = sqlite_run.search.run_dir
+    with (run_dir / "artifacts" / "lineage.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["id"] for r in rows} == set(sqlite_run.search.state.archive)
+    assert {"id", "parents", "operator", "generation", "objective_0", "objective_1", "on_front"} <= set(rows[0])
+    for row in rows:
+        record = sqlite_run.search.state.lineage.get(row["id"])
+        assert row["parents"] == " ".join(record.parent_ids) and row["operator"] == record.operator
+
+
+def test_tracker_reports_its_cost_and_nothing_unlogged(sqlite_run):
+    tracker = sqlite_run.tracker
+    assert tracker.seconds_spent > 0 and tracker.background_seconds > 0
+    assert tracker.seconds_spent < sqlite_run.wall
+    assert set(tracker.seconds_by_hook) == {"on_start", "on_evaluation", "on_generation", "on_end"}
+    assert tracker.evaluations_seen == len(sqlite_run.search.state.archive)
+    assert tracker.unlogged == [] and tracker.unwritten == []
+    assert tracker.report()["run_id"] == tracker.run_id
+
+
+def test_resume_reopens_the_same_parent_run(ray_session, tmp_path):
+    run_dir = tmp_path / "resumed"
+    first = MlflowTracker()
+    run_tracked(Search.create(tiny("search.generations=1"), run_dir, [first]), first)
+    second = MlflowTracker()
+    resumed = Search.resume(run_dir, generations=GENERATIONS, observers=[second])
+    run_tracked(resumed, second)
+    assert second.run_id == first.run_id and second.resumed
+    assert second.unlogged == []
+    client = MlflowClient(second.tracking_uri)
+    run = client.get_run(second.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["search.generations"] == "1"  # params are immutable ...
+    assert run.data.tags["resume.search.generations"] == str(GENERATIONS)  # ... the change is a tag
+    hv = client.get_metric_history(second.run_id, "hypervolume")
+    assert sorted(m.step for m in hv) == list(range(GENERATIONS + 1))
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{second.run_id}'")
+    names = [c.info.run_name for c in children]
+    assert len(names) == len(set(names))  # a member of both fronts has one child run
+    front_ids = {c.id for c in resumed.state.front()}
+    on_front = {c.info.run_name for c in children if c.data.tags["certevo.on_front"] == "true"}
+    assert on_front == front_ids
+    assert len(client.search_runs([run.info.experiment_id], "tags.mlflow.parentRunId = ''")) == 0
+    check_local_artifacts(run_dir)
+
+
+def test_resume_whose_run_is_gone_starts_a_new_run_and_says_so(ray_session, sqlite_run, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(sqlite_run.search.run_dir, run_dir)
+    (run_dir / RUN_FILE).write_text(json.dumps({"run_id": "0123456789abcdef0123456789abcdef"}))
+    tracker = MlflowTracker()
+    Search.resume(run_dir, observers=[tracker]).run()  # no generation left: start and end only
+    assert any("could not find the parent run 0123456789abcdef" in m for m in tracker.messages)
+    assert tracker.run_id not in (None, "0123456789abcdef0123456789abcdef", sqlite_run.tracker.run_id)
+    client = MlflowClient(tracker.tracking_uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["certevo.previous_run_id"] == "0123456789abcdef0123456789abcdef"
+    # the new run gets the generations of the search's history
+    assert sorted(m.step for m in client.get_metric_history(tracker.run_id, "hypervolume")) == list(
+        range(GENERATIONS + 1))
+    assert json.loads((run_dir / RUN_FILE).read_text())["run_id"] == tracker.run_id
+
+
+# -- a real tracking server -----------------------------------------------------------------
+def test_tracked_search_logs_to_a_real_server(ray_session, mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")  # the user's setting wins over the default 5
+    mlflow_server.ensure_up()
+    tracker = MlflowTracker(mlflow_server.uri, experiment_name="certevo-server")
+    probe = EnvProbe()
+    tracked = run_tracked(Search.create(tiny(), tmp_path / "run", [tracker, probe]), tracker)
+    assert tracker.unlogged == []
+    check_logged(MlflowClient(mlflow_server.uri), tracked, tmp_path)
+    # fast failure settings applied while the search ran, and only then
+    assert probe.seen == {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
+    # the server stored the artifacts (proxied), not the client's file system
+    stored = {p.name for p in (mlflow_server.root / "artifacts").rglob("*") if p.is_file()}
+    assert FINAL_FILES <= stored
+
+
+def test_server_restarted_before_the_end_receives_the_backlog(ray_session, mlflow_server, tmp_path):
+    mlflow_server.ensure_up()
+    outage = Outage(mlflow_server, after=1, restart_at_end=True)
+    tracker = MlflowTracker(mlflow_server.uri, experiment_name="certevo-outage", end_timeout=30)
+    tracked = run_tracked(Search.create(tiny(), tmp_path / "run", [outage, tracker]), tracker)
+    assert outage.killed_at == 1
+    assert tracker.unlogged == []
+    client = MlflowClient(mlflow_server.uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(tracker.run_id, "hypervolume"))
+    assert steps == list(range(GENERATIONS + 1))
+    paths = artifact_paths(client, tracker.run_id)
+    assert {"fronts/front_gen_001.png", "fronts/front_gen_002.png"} | FINAL_FILES <= paths
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{tracker.run_id}'")
+    assert len(children) == len(tracked.search.state.front())
+
+
+def test_server_stopped_mid_search_does_not_stop_the_search(ray_session, mlflow_server, tmp_path):
+    mlflow_server.ensure_up()
+    tracker = MlflowTracker(mlflow_server.uri, experiment_name="certevo-down", end_timeout=2)
+    outage = Outage(mlflow_server, after=1)
+    search = Search.create(tiny(), tmp_path / "run", [tracker, outage])
+    with pytest.warns(TrackingWarning, match="could not be logged"):
+        tracked = run_tracked(search, tracker)  # returns normally
+    assert outage.killed_at == 1 and not mlflow_server.alive()
+    run_dir = search.run_dir
+    assert (run_dir / "front.json").is_file()
+    assert (run_dir / "checkpoint" / "state.json").is_file()
+    check_local_artifacts(run_dir)
+    assert tracker.unlogged, "the tracker must report what it could not log"
+    assert any(item.startswith(f"metrics of generation {GENERATIONS}") for item in tracker.unlogged)
+    assert any(item.startswith("end of the parent run") for item in tracker.unlogged)
+    # failing fast: connection refused, no retries; the end waits at most end_timeout (+ one request)
+    assert tracker.seconds_spent < 2 + 5 + 5
+    assert tracked.search.state.generation == GENERATIONS
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def test_flatten_config_joins_with_dots_and_cuts_long_values():
+    flat = flatten_config({"search": {"rates": {"crossover": 0.5}, "sizes": [1, 2]}, "run_dir": "x",
+                           "long": "a" * 7000, "none": None})
+    assert flat["search.rates.crossover"] == "0.5"
+    assert flat["search.sizes"] == "[1, 2]"
+    assert flat["run_dir"] == "x" and flat["none"] == "None"
+    assert len(flat["long"]) == 6000 and flat["long"].endswith("...[cut]")
+
+
+def test_tracker_hooks_never_raise(tmp_path):
+    tracker = MlflowTracker()
+    tracker.on_start(object())  # not a Search: reported, not raised
+    assert tracker.messages and "on_start failed" in tracker.messages[0]
+    tracker.on_generation(object(), {"generation": 0})
+    tracker.on_end(object(), {})
