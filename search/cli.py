@@ -81,6 +81,8 @@ def _add_launch(sub: argparse._SubParsersAction) -> None:
                    help="override a setting, e.g. --set search.generations=4 (repeatable)")
     p.add_argument("--address", default=None, help="Ray cluster address (auto, HOST:PORT or ray://HOST:PORT)")
     p.add_argument("--run-dir", default=None, help="where the search writes everything (default: run_dir from the config, else runs/<time>-<config hash>)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: a SQLite store in the run directory, no server needed)")
     p.set_defaults(handler=_run_launch)
 
 
@@ -90,10 +92,11 @@ def _add_resume(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="the run directory of the search")
     p.add_argument("--generations", type=int, default=None, help="raise the number of generations")
     p.add_argument("--evaluation-budget", type=int, default=None, help="raise the evaluation budget")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the one the launch used)")
     p.set_defaults(handler=_run_resume)
 
 
-def _finish_search(search) -> int:
+def _finish_search(search, trackers=()) -> int:
     import ray
 
     from rich.console import Console
@@ -110,6 +113,15 @@ def _finish_search(search) -> int:
     console = Console(stderr=True)
     console.print(f"run directory: {result.run_dir}")
     console.print(f"front: {result.run_dir / 'front.json'}")
+    for tracker in trackers:
+        uri = tracker.tracking_uri or ""
+        console.print(f"MLflow: {tracker.run_url or uri} (run {tracker.run_id})")
+        if uri.startswith("sqlite:///"):
+            console.print(f"  view it: mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+        if tracker.unlogged:
+            console.print(f"[yellow]MLflow could not log {len(tracker.unlogged)} item(s)[/]: "
+                          + "; ".join(str(u) for u in tracker.unlogged[:5]) + " (the run directory has everything)")
+    console.print(f"next: certevo inspect {result.run_dir}   |   certevo export {result.run_dir} --knee -o best")
     console.print(f"next: certevo resume {result.run_dir} --generations {search.config.search.generations + 5}")
     return 0
 
@@ -130,17 +142,26 @@ def _run_launch(args: argparse.Namespace) -> int:
 
         # A fresh directory per launch unless the config names one, so launching twice never collides.
         run_dir = config.run_dir if config.run_dir != "runs/default" else f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.digest()}"
-    search = Search.create(config, run_dir, [ConsoleProgress()])
-    return _finish_search(search)
+    trackers = _trackers(args.tracking_uri)
+    search = Search.create(config, run_dir, [ConsoleProgress(), *trackers])
+    return _finish_search(search, trackers)
 
 
 def _run_resume(args: argparse.Namespace) -> int:
     from search.loop import Search
     from search.progress import ConsoleProgress
 
+    uri = args.tracking_uri
+    run_file = Path(args.run_dir) / "mlflow_run.json"
+    if uri is None and run_file.is_file():
+        try:
+            uri = json.loads(run_file.read_text()).get("tracking_uri")
+        except ValueError:
+            uri = None
+    trackers = _trackers(uri)
     search = Search.resume(args.run_dir, generations=args.generations, evaluation_budget=args.evaluation_budget,
-                           observers=[ConsoleProgress()])
-    return _finish_search(search)
+                           observers=[ConsoleProgress(), *trackers])
+    return _finish_search(search, trackers)
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
@@ -303,7 +324,8 @@ def _run_tune(args: argparse.Namespace) -> int:
         base = load_config(args.config, args.overrides)
 
     def observers(number, trial_dir):
-        return _trackers(args.tracking_uri, run_dir, experiment="certevo-tune", tags={"optuna.trial": str(number)})
+        uri = args.tracking_uri or f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
+        return _trackers(uri, experiment="certevo-tune", tags={"optuna.trial": str(number)})
 
     def report(study, trial):
         print(f"trial {trial.number}: hypervolume {trial.value if trial.value is not None else float('nan'):.4f} "
@@ -321,13 +343,11 @@ def _run_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trackers(tracking_uri, run_dir, experiment="certevo", tags=None):
-    """The MLflow tracker as a list of observers (empty if MLflow tracking is unavailable)."""
-    try:
-        from search.tracking import MlflowTracker
-    except ImportError:
-        return []
-    return [MlflowTracker(tracking_uri=tracking_uri, experiment=experiment, extra_tags=tags or {})]
+def _trackers(tracking_uri, experiment="certevo", tags=None):
+    """The MLflow tracker, as a list of observers."""
+    from search.tracking import MlflowTracker
+
+    return [MlflowTracker(tracking_uri=tracking_uri, experiment_name=experiment, tags=tags or {})]
 
 
 def build_parser() -> argparse.ArgumentParser:

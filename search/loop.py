@@ -37,6 +37,7 @@ class SearchObserver(Protocol):
     def on_evaluation(self, search: Search, result: TaskResult) -> None: ...
     def on_generation(self, search: Search, summary: dict[str, Any]) -> None: ...
     def on_end(self, search: Search, summary: dict[str, Any]) -> None: ...
+    # Optional: on_error(search, exception) when the search stops on an error or Ctrl-C.
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,12 @@ class Search:
                 self._kstarts()
             while self.state.generation < self.config.search.generations and self._budget_left() > 0:
                 self._generation()
+        except BaseException as exc:  # Ctrl-C included: observers close what they opened
+            for observer in self.observers:
+                handler = getattr(observer, "on_error", None)
+                if handler is not None:
+                    handler(self, exc)
+            raise
         finally:
             self.pool.shutdown()
         summary = self._finish()

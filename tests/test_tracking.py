@@ -16,6 +16,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import ray
@@ -179,7 +180,8 @@ class EnvProbe:
     def on_end(self, search, summary) -> None: ...
 
     def on_generation(self, search, summary) -> None:
-        for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
+                     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"):
             self.seen[name] = os.environ.get(name)
 
 
@@ -251,9 +253,9 @@ def check_logged(client: MlflowClient, tracked: Tracked, tmp_path: Path) -> None
         assert child.data.metrics["sparsity"] == pytest.approx(record.sparsity)
         for layer, value in record.layer_sparsity.items():
             assert float(child.data.params[f"layer_sparsity.{layer}"]) == pytest.approx(value, rel=1e-5)
-        assert json.loads(child.data.params["activations"]) == search.state.archive[child.info.run_name].genome.activation_pattern()
-        assert {f"mask/{child.info.run_name}.json", f"mask/{child.info.run_name}.safetensors"} <= artifact_paths(
-            client, child.info.run_id)
+        genome = search.state.archive[child.info.run_name].genome
+        assert json.loads(child.data.params["activations"]) == genome.activation_pattern()
+        assert child.data.tags["mask_artifact"] == f"masks/{child.info.run_name}"
 
 
 def check_local_artifacts(run_dir: Path, generations: int = GENERATIONS) -> None:
@@ -321,7 +323,7 @@ def test_resume_reopens_the_same_parent_run(ray_session, tmp_path):
     resumed = Search.resume(run_dir, generations=GENERATIONS, observers=[second])
     run_tracked(resumed, second)
     assert second.run_id == first.run_id and second.resumed
-    assert second.unlogged == []
+    assert first.unlogged == [] and second.unlogged == []
     client = MlflowClient(second.tracking_uri)
     run = client.get_run(second.run_id)
     assert run.info.status == "FINISHED"
@@ -344,7 +346,8 @@ def test_resume_whose_run_is_gone_starts_a_new_run_and_says_so(ray_session, sqli
     shutil.copytree(sqlite_run.search.run_dir, run_dir)
     (run_dir / RUN_FILE).write_text(json.dumps({"run_id": "0123456789abcdef0123456789abcdef"}))
     tracker = MlflowTracker()
-    Search.resume(run_dir, observers=[tracker]).run()  # no generation left: start and end only
+    with pytest.warns(TrackingWarning, match="could not find the parent run"):
+        Search.resume(run_dir, observers=[tracker]).run()  # no generation left: start and end only
     assert any("could not find the parent run 0123456789abcdef" in m for m in tracker.messages)
     assert tracker.run_id not in (None, "0123456789abcdef0123456789abcdef", sqlite_run.tracker.run_id)
     client = MlflowClient(tracker.tracking_uri)
@@ -360,6 +363,7 @@ def test_resume_whose_run_is_gone_starts_a_new_run_and_says_so(ray_session, sqli
 # -- a real tracking server -----------------------------------------------------------------
 def test_tracked_search_logs_to_a_real_server(ray_session, mlflow_server, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")  # the user's setting wins over the default 5
     mlflow_server.ensure_up()
     tracker = MlflowTracker(mlflow_server.uri, experiment_name="certevo-server")
@@ -368,8 +372,11 @@ def test_tracked_search_logs_to_a_real_server(ray_session, mlflow_server, tmp_pa
     assert tracker.unlogged == []
     check_logged(MlflowClient(mlflow_server.uri), tracked, tmp_path)
     # fast failure settings applied while the search ran, and only then
-    assert probe.seen == {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+    assert probe.seen == {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+                          "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT" not in os.environ
+    assert tracker.run_url == f"{mlflow_server.uri}/#/experiments/{tracker.experiment_id}/runs/{tracker.run_id}"
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
     # the server stored the artifacts (proxied), not the client's file system
     stored = {p.name for p in (mlflow_server.root / "artifacts").rglob("*") if p.is_file()}
@@ -424,9 +431,65 @@ def test_flatten_config_joins_with_dots_and_cuts_long_values():
     assert len(flat["long"]) == 6000 and flat["long"].endswith("...[cut]")
 
 
-def test_tracker_hooks_never_raise(tmp_path):
+def test_tracker_hooks_never_raise():
     tracker = MlflowTracker()
-    tracker.on_start(object())  # not a Search: reported, not raised
-    assert tracker.messages and "on_start failed" in tracker.messages[0]
-    tracker.on_generation(object(), {"generation": 0})
-    tracker.on_end(object(), {})
+    with pytest.warns(TrackingWarning, match="the search goes on"):
+        tracker.on_start(object())  # not a Search: reported, not raised
+        tracker.on_generation(object(), {"generation": 0})
+        tracker.on_end(object(), {})
+    assert "on_start failed" in tracker.messages[0]
+
+
+def test_close_ends_a_search_that_stopped_early(sqlite_run, tmp_path):
+    """What the CLI (or a loop hook) calls when a search dies: the run is marked, the
+    pictures queued so far are in the run directory."""
+    search = SimpleNamespace(run_dir=tmp_path / "stopped", config=tiny(),
+                             state=SimpleNamespace(history=sqlite_run.search.state.history[:1]))
+    search.run_dir.mkdir()
+    tracker = MlflowTracker(sqlite_run.tracker.tracking_uri, experiment_name="certevo-stopped")  # store exists: fast
+    tracker.on_start(search)
+    tracker.on_error(search, RuntimeError("boom"))
+    assert tracker.unlogged == []
+    client = MlflowClient(tracker.tracking_uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "hypervolume")] == [0]  # from the history
+    assert (search.run_dir / "artifacts" / "fronts" / "front_gen_000.png").is_file()
+    # a given SQLite store keeps its artifacts next to the database, not in ./mlruns
+    store_dir = sqlite_run.search.run_dir.resolve()
+    assert client.get_experiment(run.info.experiment_id).artifact_location == (store_dir / "mlruns").as_uri()
+    assert "front_gen_000.png" in {a.path.split("/")[-1] for a in client.list_artifacts(tracker.run_id, "fronts")}
+    tracker.close()  # idempotent
+    assert client.get_run(tracker.run_id).info.status == "FAILED"
+
+
+def test_git_commit_is_read_without_running_git(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / ".git" / "refs" / "heads").mkdir(parents=True)
+    (repo / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (repo / ".git" / "refs" / "heads" / "main").write_text("a" * 40 + "\n")
+    assert git_commit(repo) == "a" * 40
+    (repo / ".git" / "refs" / "heads" / "main").unlink()
+    (repo / ".git" / "packed-refs").write_text("# pack-refs\n" + "b" * 40 + " refs/heads/main\n")
+    assert git_commit(repo) == "b" * 40
+    (repo / ".git" / "HEAD").write_text("c" * 40 + "\n")  # detached
+    assert git_commit(repo) == "c" * 40
+    assert git_commit(tmp_path / "not-a-repo") is None
+
+
+def test_failures_are_classified_transient_or_permanent():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+
+    from search.tracking import _is_transient
+
+    assert _is_transient(MlflowException("API request failed: connection refused", error_code=INTERNAL_ERROR))
+    assert _is_transient(ConnectionRefusedError())
+    assert not _is_transient(MlflowException("bad param", error_code=INVALID_PARAMETER_VALUE))
+    assert not _is_transient(MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST))
+    assert not _is_transient(FileNotFoundError("no such picture"))
+
+
+def test_default_artifact_root_sits_next_to_a_sqlite_store(tmp_path):
+    assert MlflowTracker._default_artifact_root(f"sqlite:///{tmp_path}/x.db") == (tmp_path / "mlruns").as_uri()
+    assert MlflowTracker._default_artifact_root("http://127.0.0.1:5000") is None
