@@ -19,8 +19,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$venv/bin/python" -m pip install -q --upgrade pip
   # The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
   "$venv/bin/python" -m pip install -q torch==2.13.0
-  # auto-lirpa 0.3 pins torch<1.13; its real runtime needs are certevo's dependencies.
-  "$venv/bin/python" -m pip install -q --no-deps auto-lirpa==0.3
   "$venv/bin/python" -m pip install -q -e "$root[test]"
+  # auto-lirpa 0.3 pins torch<1.13; its real runtime needs are certevo's dependencies.
+  # Installed last so pip's resolver does not report its stale pins as conflicts.
+  "$venv/bin/python" -m pip install -q --no-deps auto-lirpa==0.3
   echo "$want" > "$stamp"
 fi
