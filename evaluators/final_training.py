@@ -46,7 +46,8 @@ from evaluators.data import DatasetSplits, Split, load_dataset
 from evaluators.settings import CertificationSettings, TrainingSettings
 from evaluators.training import train_masked
 from population.errors import CheckpointError, ConfigError, DataError
-from population.export import Export, _atomic_write
+from population.export import Export
+from population.files import atomic_write
 from population.seeds import derive_seed
 
 DEFAULT_EPOCHS = 60
@@ -438,7 +439,7 @@ def save_final(report: FinalReport, model: nn.Module | None, out_dir: str | os.P
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     blob = save_bytes(tensors, metadata={"format": "certevo-final-weights", "candidate_id": report.candidate_id})
     weights_path, report_path = directory / WEIGHTS_FILE, directory / REPORT_FILE
-    _atomic_write(weights_path, blob)
+    atomic_write(weights_path, blob)
     document = {
         "format": REPORT_FORMAT,
         "format_version": REPORT_FORMAT_VERSION,
@@ -446,7 +447,7 @@ def save_final(report: FinalReport, model: nn.Module | None, out_dir: str | os.P
         "weights_file": WEIGHTS_FILE,
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
     }
-    _atomic_write(report_path, (json.dumps(document, indent=1) + "\n").encode())
+    atomic_write(report_path, (json.dumps(document, indent=1) + "\n").encode())
     return report_path, weights_path
 
 

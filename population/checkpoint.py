@@ -10,20 +10,19 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from population.files import TMP_PREFIX, atomic_write
 from population.errors import CheckpointError, ConfigError
 from population.genome import Genome
 
 CHECKPOINT_FORMAT = "certevo-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 MANIFEST_NAME = "state.json"
-_TMP_PREFIX = ".certevo-tmp-"
 _ARRAYS_PATTERN = re.compile(r"^arrays-[0-9a-f]{16}\.safetensors$")
 
 __all__ = [
@@ -36,35 +35,6 @@ __all__ = [
     "rng_state",
     "unpack_genomes",
 ]
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX; a no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file next to ``path``, fsync it, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix="-" + path.name, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 class CheckpointStore:
@@ -145,8 +115,8 @@ class CheckpointStore:
             "state": state_data,
         }
         self.directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.directory / arrays_name, blob)
-        _atomic_write(self.manifest_path, json.dumps(manifest, indent=1).encode())
+        atomic_write(self.directory / arrays_name, blob)
+        atomic_write(self.manifest_path, json.dumps(manifest, indent=1).encode())
         self._clean(keep=arrays_name)
         return self.manifest_path
 
@@ -155,7 +125,7 @@ class CheckpointStore:
         so no other save is in flight)."""
         for path in self.directory.iterdir():
             stale_arrays = _ARRAYS_PATTERN.match(path.name) and path.name != keep
-            if path.name.startswith(_TMP_PREFIX) or stale_arrays:
+            if path.name.startswith(TMP_PREFIX) or stale_arrays:
                 path.unlink(missing_ok=True)
 
     # -- reading --------------------------------------------------------------------

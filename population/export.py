@@ -40,7 +40,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,13 +47,13 @@ from typing import Any
 
 import numpy as np
 
+from population.files import atomic_write
 from population.errors import CheckpointError, ConfigError
 from population.genome import Genome
 
 EXPORT_FORMAT = "certevo-export"
 EXPORT_FORMAT_VERSION = 1
 _SUFFIXES = (".json", ".safetensors")
-_TMP_PREFIX = ".certevo-tmp-"
 
 #: Entries the caller of :func:`write_export` must give.
 REQUIRED_FIELDS = ("model", "fitness", "eps", "data", "config_digest", "lineage")
@@ -142,33 +141,6 @@ class Export:
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix="-" + path.name, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _check_fields(genome: Genome, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -259,8 +231,8 @@ def write_export(
         "masks_sha256": hashlib.sha256(blob).hexdigest(),
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(tensor_path, blob)
-    _atomic_write(json_path, (json.dumps(manifest, indent=1) + "\n").encode())
+    atomic_write(tensor_path, blob)
+    atomic_write(json_path, (json.dumps(manifest, indent=1) + "\n").encode())
     return json_path, tensor_path
 
 

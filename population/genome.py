@@ -217,12 +217,14 @@ class Genome:
 
     def save(self, path: str | os.PathLike) -> tuple[Path, Path]:
         """Write ``<path>.json`` and ``<path>.safetensors``; return both paths."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
+
+        from population.files import atomic_write
 
         base = Path(path)
         json_path, tensor_path = base.with_suffix(".json"), base.with_suffix(".safetensors")
-        save_file(self.mask_arrays(), str(tensor_path))
-        json_path.write_text(json.dumps(self.manifest(), indent=2))
+        atomic_write(tensor_path, save(self.mask_arrays()))
+        atomic_write(json_path, json.dumps(self.manifest(), indent=2).encode())
         return json_path, tensor_path
 
     @classmethod

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluators.fitness import FitnessRecord
+from population.files import atomic_write
 
 
 class EvaluationJournal:
@@ -24,12 +25,10 @@ class EvaluationJournal:
     def append(self, record: FitnessRecord, weights: dict[str, np.ndarray] | None = None) -> None:
         """Record one finished evaluation durably."""
         if weights is not None:
-            from safetensors.numpy import save_file
+            from safetensors.numpy import save
 
             self.weights_dir.mkdir(exist_ok=True)
-            tmp = self.weights_dir / f".{record.candidate_id}.tmp"
-            save_file(weights, str(tmp))
-            os.replace(tmp, self.weights_dir / f"{record.candidate_id}.safetensors")
+            atomic_write(self.weights_dir / f"{record.candidate_id}.safetensors", save(weights))
         line = json.dumps({"id": record.candidate_id, "record": record.to_dict()}) + "\n"
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(line)

@@ -19,6 +19,7 @@ from cluster.pool import EvaluationPool, EvaluationTask, TaskResult
 from evaluators.models import make_template
 from population.checkpoint import CheckpointStore
 from population.errors import CheckpointError, ConfigError
+from population.files import atomic_write
 from population.lineage import LineageRecord
 from population.seeds import derive_seed
 from search.config import SearchConfig, config_from_dict
@@ -91,7 +92,7 @@ class Search:
         path.mkdir(parents=True, exist_ok=True)
         config = replace(config, run_dir=str(path))
         _check_budget(config)
-        (path / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        atomic_write(path / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
         state = SearchState(rng=np.random.default_rng(derive_seed(config.search.seed, "search")))
         return cls(config, path, state, observers)
 
@@ -123,7 +124,7 @@ class Search:
         else:  # stopped before the K-starts phase finished: start over (the journal keeps results)
             state = SearchState(rng=np.random.default_rng(derive_seed(config.search.seed, "search")))
         if generations is not None or evaluation_budget is not None:
-            config_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            atomic_write(config_path, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
         return cls(config, path, state, observers)
 
     # -- running --------------------------------------------------------------------
@@ -267,9 +268,7 @@ class Search:
         ]
         summary = {"front": rows, "hypervolume": self.state.hypervolume(), "evaluations": len(self.state.archive),
                    "generations": self.state.generation, "history": self.state.history}
-        tmp = self.run_dir / ".front.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(self.run_dir / "front.json")
+        atomic_write(self.run_dir / "front.json", json.dumps(summary, indent=2).encode())
         return summary
 
 

@@ -44,3 +44,14 @@ def digits_small(lirpa) -> DatasetSplits:
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray session shared by every test that needs Ray (start-up costs seconds)."""
+    import ray
+
+    from cluster.connect import connect
+
+    connect(num_cpus=2)
+    yield
+    ray.shutdown()

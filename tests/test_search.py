@@ -35,16 +35,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray session shared by the tests (start-up costs seconds)."""
-    from cluster.connect import connect
-
-    connect(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 def tiny(*extra: str):
     return load_config(None, TINY + list(extra))
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 
 from population.genome import Genome
@@ -43,16 +42,6 @@ TINY = [
 ]
 MLFLOW = Path(sys.executable).with_name("mlflow")
 FINAL_FILES = {"front.png", "front.html", "front.json", "lineage.csv", "lineage.png", "history.png"}
-
-
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray session shared by the tests (start-up costs seconds)."""
-    from cluster.connect import connect
-
-    connect(num_cpus=2)
-    yield
-    ray.shutdown()
 
 
 def tiny(*extra: str):
