@@ -106,14 +106,17 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=60, help="evaluations per search on digits")
     parser.add_argument("--mnist-budget", type=int, default=40, help="evaluations per search on MNIST")
     parser.add_argument("--mnist-subset", type=int, default=2000)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config overrides for both searches (search.* settings only affect certevo)")
+    parser.add_argument("--no-mnist", action="store_true")
     args = parser.parse_args()
     connect(num_cpus=2)
-    results = {"digits": compare("digits", [], args.budget)}
-    if MNIST_DIR.is_dir():
-        results["mnist"] = compare("mnist", ["data.name=mnist", f"data.path={MNIST_DIR}",
-                                             f"data.subset={args.mnist_subset}"], args.mnist_budget)
+    results = {"digits": compare("digits", args.overrides, args.budget)}
+    if MNIST_DIR.is_dir() and not args.no_mnist:
+        results["mnist"] = compare("mnist", args.overrides + ["data.name=mnist", f"data.path={MNIST_DIR}",
+                                                              f"data.subset={args.mnist_subset}"], args.mnist_budget)
     else:
-        print(f"\n(MNIST skipped: {MNIST_DIR} is not present)")
+        print(f"\n(MNIST skipped: {'--no-mnist' if args.no_mnist else f'{MNIST_DIR} is not present'})")
     ratios = [r["ratio"] for r in results.values()]
     summary = {f"{ds}_{k}": v for ds, figs in results.items() for k, v in figs.items()}
     summary["ratio"] = float(np.mean(ratios))
