@@ -382,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("certevo: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `certevo inspect RUN --json | head`
+        sys.stdout = None
+        return 0
 
 
 if __name__ == "__main__":
