@@ -93,7 +93,8 @@ class EvaluationPool:
     """Feeds tasks to ``num_actors`` evaluator actors; the driver owns it.
 
     ``max_replacements`` bounds how many dead actors are replaced over the pool's life
-    before it gives up with a ClusterError.
+    before it gives up with a ClusterError. ``actor_class`` defaults to
+    :class:`EvaluatorActor` (benchmarks pass a stub with the same methods).
     """
 
     def __init__(
@@ -104,12 +105,13 @@ class EvaluationPool:
         cpus_per_actor: int = 1,
         max_replacements: int | None = None,
         actor_options: Mapping[str, Any] | None = None,
+        actor_class: type = EvaluatorActor,
     ) -> None:
         self.spec = spec
         self.cpus_per_actor = cpus_per_actor
         self.max_replacements = max_replacements if max_replacements is not None else 4 * num_actors + 4
         self.replacements = 0
-        self._actor_class = ray.remote(EvaluatorActor)
+        self._actor_class = ray.remote(actor_class)
         self._actor_options = dict(actor_options or {})
         self._starting: dict[ray.ObjectRef, Any] = {}
         self._idle: deque[Any] = deque()

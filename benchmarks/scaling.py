@@ -1,0 +1,126 @@
+"""Scaling on this machine: evaluations per minute with 1 and 2 evaluator actors, the
+orchestration overhead, and how many finished evaluations per second the driver absorbs.
+
+* Throughput: the same default candidates (digits, MLP 64-64, IBP short training of the
+  search default, CROWN) on an EvaluationPool of 1 actor, then of 2 actors; ``ratio`` is
+  the 2-actor speed-up.
+* Overhead: per actor, the share of its wall time (first dispatch to last result) not
+  spent inside ``evaluate``.
+* Driver absorption: 2 stub actors whose evaluations return at once; the driver's work per
+  result (pool bookkeeping + the fsync'd journal append the search does) bounds how many
+  results per second it can take in. At the default evaluation time T seconds, that many
+  results per second sustain ``rate * T`` busy workers.
+
+    python benchmarks/scaling.py [--candidates 8] [--stub-tasks 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cluster.connect import connect  # noqa: E402
+from cluster.pool import EvaluationPool, EvaluationTask, _failed  # noqa: E402
+from population.genome import random_genome  # noqa: E402
+from population.seeds import derive_seed  # noqa: E402
+from search.config import load_config  # noqa: E402
+from search.journal import EvaluationJournal  # noqa: E402
+
+
+class StubActor:
+    """Same interface as EvaluatorActor; every evaluation returns immediately."""
+
+    def __init__(self, spec, threads: int) -> None:
+        self.name = "stub"
+
+    def ready(self) -> str:
+        return self.name
+
+    def evaluate(self, task: EvaluationTask):
+        return _failed(task, "stub"), self.name, 0.0
+
+
+def candidates(config, count: int):
+    data = config.data.load()
+    template = config.model.template(data.input_shape, data.num_classes)
+    acts = ["relu"] * len(template.hidden_sizes())
+    return [
+        random_genome(template.layer_shapes(), acts, 0.9, np.random.default_rng(derive_seed(0, "scaling", i)))
+        for i in range(count)
+    ]
+
+
+def throughput(config, genomes, actors: int) -> dict:
+    pool = EvaluationPool(config.evaluation_spec(), actors)
+    try:
+        # Warm-up: one evaluation per actor (imports, first trace), outside the timing.
+        list(pool.run([EvaluationTask(g) for g in genomes[:actors]]))
+        spans: dict[str, list[float]] = {}
+        busy: dict[str, float] = {}
+        start = time.perf_counter()
+        for result in pool.run([EvaluationTask(g) for g in genomes]):
+            now = time.perf_counter()
+            spans.setdefault(result.worker, [start, now])[1] = now
+            busy[result.worker] = busy.get(result.worker, 0.0) + result.busy_seconds
+        wall = time.perf_counter() - start
+    finally:
+        pool.shutdown()
+    overheads = [1.0 - busy[w] / (spans[w][1] - spans[w][0]) for w in busy]
+    return {"actors": actors, "seconds": wall, "evals_per_minute": 60.0 * len(genomes) / wall,
+            "overhead": float(np.mean(overheads)), "mean_eval_seconds": sum(busy.values()) / len(genomes)}
+
+
+def absorption(config, genome, tasks: int) -> dict:
+    pool = EvaluationPool(config.evaluation_spec(), 2, actor_class=StubActor)
+    with tempfile.TemporaryDirectory() as tmp:
+        journal = EvaluationJournal(Path(tmp))
+        try:
+            list(pool.run([EvaluationTask(genome)] * 4))
+            start = time.perf_counter()
+            for result in pool.run([EvaluationTask(genome)] * tasks):
+                journal.append(result.evaluation.record)
+            wall = time.perf_counter() - start
+        finally:
+            pool.shutdown()
+    return {"results_per_second": tasks / wall, "seconds": wall, "tasks": tasks}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--stub-tasks", type=int, default=2000)
+    args = parser.parse_args()
+    connect(num_cpus=2)
+    config = load_config()
+    genomes = candidates(config, args.candidates + 2)
+    one = throughput(config, genomes[: args.candidates], 1)
+    two = throughput(config, genomes[: args.candidates], 2)
+    ratio = two["evals_per_minute"] / one["evals_per_minute"]
+    absorbed = absorption(config, genomes[0], args.stub_tasks)
+    eval_seconds = one["mean_eval_seconds"]
+    sustained = absorbed["results_per_second"] * eval_seconds
+    print(f"1 actor : {one['evals_per_minute']:6.2f} evaluations/min, overhead {one['overhead']:.2%}")
+    print(f"2 actors: {two['evals_per_minute']:6.2f} evaluations/min, overhead {two['overhead']:.2%}")
+    print(f"speed-up: {ratio:.2f}x (target >= 1.8x); overhead target <= 3%")
+    print(f"driver absorbs {absorbed['results_per_second']:.0f} finished evaluations/s (stub evaluations, "
+          f"journal fsync included); at the default evaluation time of {eval_seconds:.2f}s that keeps "
+          f"~{sustained:.0f} workers busy")
+    print(json.dumps({
+        "evals_per_minute_1": one["evals_per_minute"], "evals_per_minute_2": two["evals_per_minute"],
+        "overhead_1": one["overhead"], "overhead_2": two["overhead"],
+        "mean_eval_seconds": eval_seconds, "driver_results_per_second": absorbed["results_per_second"],
+        "workers_sustained": sustained, "candidates": args.candidates, "ratio": ratio,
+    }))
+
+
+if __name__ == "__main__":
+    main()
