@@ -37,9 +37,43 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
         kwargs.update(address=address, runtime_env=_runtime_env())
     try:
         ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError or its AuthenticationError
+        if address is not None and _is_authentication_failure(exc):
+            mode = os.environ.get("RAY_AUTH_MODE")
+            raise ConfigError(
+                f"cluster.address {address!r}: the Ray cluster uses token authentication and this client's token "
+                f"is missing or wrong ({f'RAY_AUTH_MODE={mode}' if mode else 'RAY_AUTH_MODE is unset'} here). Fix: set "
+                "RAY_AUTH_MODE=token and give certevo the cluster's token, either as RAY_AUTH_TOKEN=<token> or "
+                "in a file named by RAY_AUTH_TOKEN_PATH (default ~/.ray/auth_token); "
+                "`ray get-auth-token` on the head node prints it"
+            ) from None
+        if not isinstance(exc, (ConnectionError, RuntimeError, ValueError)):
+            raise
+        hint = ""
+        if address is not None and address.startswith("ray://"):
+            # Through the Ray Client a missing or wrong token looks like a timeout.
+            hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token and its token in "
+                    "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
         raise ConfigError(
             f"cluster.address {address!r}: cannot connect to Ray ({exc}); check that the cluster is up "
-            "(`ray status`), or leave the address out to start a local Ray"
+            f"(`ray status`), or leave the address out to start a local Ray{hint}"
         ) from exc
     return ray.cluster_resources()
+
+
+def _is_authentication_failure(exc: BaseException | None) -> bool:
+    """Whether Ray's token authentication rejected the connection. Ray (2.5x) wraps its
+    ``AuthenticationError`` in a ConnectionError whose cause holds only a traceback text."""
+    import ray.exceptions
+
+    auth_error = getattr(ray.exceptions, "AuthenticationError", None)  # Ray >= 2.5x
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if auth_error is not None and isinstance(exc, auth_error):
+            return True
+        text = str(exc)
+        if "InvalidAuthToken" in text or "ray.exceptions.AuthenticationError" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
