@@ -20,29 +20,40 @@ Contract
   ``hypervolume``, ``front_size``, ``evaluations``, ``evaluations_per_minute``,
   ``failures``, ``best_certified_at_<level>`` (e.g. ``best_certified_at_0.9``).
 * Artifacts (written to ``<run_dir>/artifacts/`` first, then uploaded with the same
-  relative paths): ``fronts/front_gen_<ggg>.png`` per generation; at the end ``front.png``
-  (with earlier fronts faded), ``history.png``, ``front.html`` (self-contained,
-  interactive), ``front.json``, ``lineage.csv``, ``lineage.png`` and ``masks/<id>.json`` +
-  ``masks/<id>.safetensors`` (``Genome.save``) of every front member.
-* One **child run** per front member (tag ``mlflow.parentRunId``; run name = candidate id):
-  params ``layer_sparsity.<layer>`` and ``activations``; metrics ``sparsity``,
-  ``certified_accuracy``, ``clean_accuracy`` (and ``pgd_accuracy`` when measured); tag
-  ``mask_artifact`` names its mask in the parent run (``masks/<id>``). A resumed search
-  reuses the child runs of candidates already logged and tags former members
-  ``certevo.on_front=false``.
+  relative paths): ``fronts/front_gen_<ggg>.png`` per generation; ``masks/<id>.json`` +
+  ``masks/<id>.safetensors`` (``Genome.save``) of every candidate that has a child run
+  (below), uploaded when it enters the front; at the end ``front.png`` (the final front
+  with earlier fronts faded: a copy of the last generation's ``fronts/`` picture, which
+  shows exactly that), ``history.png``, ``front.html`` (self-contained, interactive),
+  ``front.json``, ``lineage.csv`` and ``lineage.png``.
+* **Child runs** (tag ``mlflow.parentRunId``; run name = candidate id), one per candidate
+  that was on the front at the end of some generation, created (by the background thread)
+  at the generation it entered the front, so the end of the search only creates those of
+  the last generation. Rule: **the child runs tagged ``certevo.on_front=true`` are exactly
+  the current front** (the final front once the search has ended); a member that later
+  leaves the front keeps its child run, tagged ``certevo.on_front=false`` (its mask stays
+  in ``masks/`` too). Params ``layer_sparsity.<layer>`` and ``activations``; metrics
+  ``sparsity``, ``certified_accuracy``, ``clean_accuracy`` (and ``pgd_accuracy`` when
+  measured), at the step of the generation it entered the front; tags ``generation`` (the
+  one it was made in) and ``mask_artifact``, which names its mask in the parent run
+  (``masks/<id>``). A resumed search reuses the child runs of candidates already logged.
 * The parent run ends with status FINISHED.
 
 Cost and resilience
 -------------------
-Hooks only queue work: one background thread draws the per-generation pictures into
-``<run_dir>/artifacts/`` and then performs the MLflow calls in order, so creating a new
-SQLite store (several seconds), drawing (a few hundred ms) or a slow server never blocks
-the search. ``on_end`` draws the final pictures and writes the final files itself, then
-waits for the queue. ``tracker.seconds_spent`` is the time the search spent inside the
-tracker's hooks (``seconds_by_hook`` per hook; the final wait included);
-``tracker.background_seconds`` the time the background thread worked. Pictures queued but
-not yet drawn when ``on_end``/``close`` runs are drawn there, so the run directory is
-complete when the search returns.
+Hooks only queue work: one background thread writes the queued files (pictures, masks)
+into ``<run_dir>/artifacts/`` and then performs the MLflow calls in order, so creating a
+new SQLite store (several seconds), drawing (a few hundred ms), child runs (~60 ms each on
+SQLite) or a slow server never block the search while it runs. ``on_end`` queues the final
+files too and waits until everything queued is written and logged (or recorded as
+unlogged); what is left then is only the work the last generation made: its front picture,
+its new child runs, ``history.png`` and ``lineage.png`` (drawing is CPU-bound under the
+GIL, so which thread draws does not change that wait). ``tracker.seconds_spent`` is the
+time the search spent inside the tracker's hooks (``seconds_by_hook`` per hook; the final
+wait included); ``tracker.background_seconds`` the time the background thread worked.
+Files queued but not yet written when ``on_end``/``close`` runs are written there, so the
+run directory is complete when the search returns. ``benchmarks/tracking_overhead.py``
+measures the cost on the default search.
 
 A failing call never raises into the search. A transient failure (server unreachable,
 timeout, HTTP 5xx) stops the queue at that call; it is retried when the next hook queues
@@ -352,6 +363,11 @@ class MlflowTracker:
         self.messages: list[str] = []
         self.child_run_ids: dict[str, str] = {}
         self._child_pending: dict[str, str] = {}
+        self._queued_children: set[str] = set()  # driver: members whose child run is queued (this session)
+        self._on_front_tag: dict[str, str] = {}  # background: certevo.on_front as last written, per candidate
+        self._earlier_children: set[str] = set()  # background: child runs found from an earlier session
+        self._mask_paths: dict[str, list[Path]] = {}  # background: mask files written, per candidate
+        self._failed_local: set[Path] = set()
         self._client: Any = None
         self._existing_params: dict[str, str] = {}
         self._start_error: str | None = None
@@ -422,6 +438,7 @@ class MlflowTracker:
                 self._queue_front_png(entry, [h for h in history if int(h["generation"]) < int(entry["generation"])])
         self._submit("start or reopen the parent run", self._op_start_run)
         self._submit("parameters and tags of the parent run", self._op_params)
+        self._submit("child runs of earlier sessions", self._op_find_children)
         if history:
             self._submit("metrics and fronts of the generations before this session",
                          functools.partial(self._op_backfill, history))
@@ -435,7 +452,9 @@ class MlflowTracker:
     @_hook
     def on_generation(self, search: Any, summary: Mapping[str, Any]) -> None:
         """Queue the generation's front picture (drawn by the background thread into
-        ``artifacts/fronts/``), its metrics (one batch) and the picture's upload."""
+        ``artifacts/fronts/``), its metrics (one batch), the picture's upload, and the child
+        runs (with masks) of the members new to the front, plus ``certevo.on_front`` of
+        the child runs whose membership changed."""
         if not self._open:
             return
         generation = int(summary["generation"])
@@ -445,11 +464,31 @@ class MlflowTracker:
         self._submit(f"metrics of generation {generation}",
                      functools.partial(self._op_metrics, generation, self._generation_metrics(summary), stamp))
         self._submit(f"artifact fronts/{png.name}", functools.partial(self._op_artifact, png, "fronts"))
+        self._sync_front(search, [str(p[0]) for p in summary.get("front", [])], generation)
+
+    def _sync_front(self, search: Any, ids: list[str], step: int) -> None:
+        """Queue, for every member of the front ``ids`` whose child run this session has not
+        queued yet, writing its mask files, uploading them and creating its child run; then
+        one call that sets ``certevo.on_front`` where it changed."""
+        archive = search.state.archive
+        lineage = search.state.lineage
+        for cid in ids:
+            candidate = archive.get(cid)
+            if cid in self._queued_children or candidate is None:
+                continue
+            self._queued_children.add(cid)
+            generation = lineage.get(cid).generation if cid in lineage else None
+            self._queue_local(f"masks/{cid}",
+                              lambda p, c=candidate: self._mask_paths.__setitem__(c.id, list(c.genome.save(p))))
+            self._submit(f"artifacts masks/{cid}", functools.partial(self._op_masks, cid))
+            self._submit(f"child run of {cid}", functools.partial(self._op_child, candidate, generation, step))
+        self._submit("front membership of the child runs", functools.partial(self._op_membership, frozenset(ids)))
 
     @_hook
     def on_end(self, search: Any, summary: Mapping[str, Any]) -> None:
-        """Write the final artifacts, queue their upload, the child runs and the end of the
-        parent run, then wait (see ``end_timeout``) for the queue to drain."""
+        """Queue the final artifacts and their upload, the child runs of members not logged
+        yet and the end of the parent run, then wait (see ``end_timeout``) until all of it
+        is written and logged."""
         if not self._open:
             return
         try:
@@ -458,33 +497,36 @@ class MlflowTracker:
             self._finish(self.end_timeout)
 
     def _final_artifacts(self, search: Any, summary: Mapping[str, Any]) -> None:
-        self._run_local_jobs()  # pictures of generations the background thread has not drawn yet
-        rows = list(summary.get("front", []))
+        """Queue the final files (written by the background thread, or by ``_finish``) and
+        their uploads. ``front.png`` is a copy of the last generation's front picture when
+        the final front is that generation's (it always is at the end of a search)."""
+        rows = [dict(r) for r in summary.get("front", [])]
         ids = [str(r["id"]) for r in rows]
-        history = list(summary.get("history", search.state.history))
+        history = [dict(h) for h in summary.get("history", search.state.history)]
         lineage = search.state.lineage
+        final_step = int(summary.get("generations", search.state.generation))
+        self._sync_front(search, ids, final_step)  # normally nothing new: on_generation queued them
 
         def write_and_upload(name: str, write: Callable[[Path], Any]) -> None:
-            path = self._local(name, write)  # the upload overlaps with drawing the next one
-            if path is not None:
-                self._submit(f"artifact {name}", functools.partial(self._op_artifact, path, None))
+            self._queue_local(name, write)
+            self._submit(f"artifact {name}", functools.partial(self._op_artifact, self.artifacts_dir / name, None))
+
+        last = history[-1] if history else None
+        reuse = None
+        if last is not None and int(last["generation"]) == final_step and \
+                sorted(str(p[0]) for p in last.get("front", [])) == sorted(ids):
+            reuse = self._front_png(last)
+
+        def front_png(path: Path) -> None:
+            if reuse is not None and reuse.is_file():
+                shutil.copyfile(reuse, path)
+            else:
+                plots.plot_front(rows, path, history=history[:-1], title="final Pareto front")
 
         write_and_upload("front.json", lambda p: p.write_text(json.dumps(dict(summary), indent=2)))
+        write_and_upload("front.png", front_png)
         write_and_upload("front.html", lambda p: plots.front_html(rows, p))
         write_and_upload("lineage.csv", lambda p: self._write_lineage_csv(lineage, ids, p))
-        if self._write_masks(search, ids):
-            self._submit("artifacts masks/",
-                         functools.partial(self._op_artifact_dir, self.artifacts_dir / "masks", "masks"))
-        self._submit("child runs of earlier sessions", self._op_find_children)
-        final_step = int(summary.get("generations", search.state.generation))
-        for row in rows:
-            candidate = search.state.archive.get(row["id"])
-            if candidate is not None:
-                self._submit(f"child run of {candidate.id}",
-                             functools.partial(self._op_child, candidate, row, final_step))
-        self._submit("front membership of earlier child runs", functools.partial(self._op_former_children, set(ids)))
-        write_and_upload("front.png", lambda p: plots.plot_front(rows, p, history=history[:-1],
-                                                                 title="final Pareto front"))
         write_and_upload("history.png", lambda p: plots.plot_history(history, p))
         write_and_upload("lineage.png", lambda p: plots.plot_lineage(lineage, ids, p))
         self._submit("end of the parent run (FINISHED)", functools.partial(self._op_terminate, "FINISHED"))
@@ -537,12 +579,16 @@ class MlflowTracker:
         """Queue drawing ``fronts/front_gen_<ggg>.png``; return its path."""
         generation = int(summary["generation"])
         name = f"fronts/front_gen_{generation:03d}.png"
+        self._queue_local(name, lambda p: plots.plot_front(
+            summary.get("front", []), p, history=earlier, title=f"Pareto front after generation {generation}"))
+        return self.artifacts_dir / name
+
+    def _queue_local(self, name: str, write: Callable[[Path], Any]) -> None:
+        """Queue writing ``artifacts/<name>`` (by the background thread, or ``_finish``)."""
         with self._cv:
-            self._local_jobs.append((name, lambda p: plots.plot_front(
-                summary.get("front", []), p, history=earlier, title=f"Pareto front after generation {generation}")))
+            self._local_jobs.append((name, write))
             self._wake = True
             self._cv.notify()
-        return self.artifacts_dir / name
 
     def _run_local_jobs(self) -> None:
         """Write the queued local files (either thread may call this; each job runs once)."""
@@ -570,23 +616,10 @@ class MlflowTracker:
             write(path)
             return path
         except Exception as exc:
+            self._failed_local.add(path)
             self.unwritten.append(f"{name}: {_describe(exc)}")
             self._say(f"MLflow tracking: could not write {path} ({_describe(exc)})")
             return None
-
-    def _write_masks(self, search: Any, ids: list[str]) -> dict[str, list[Path]]:
-        folder = self.artifacts_dir / "masks"
-        shutil.rmtree(folder, ignore_errors=True)  # members of an earlier session's front
-        written: dict[str, list[Path]] = {}
-        for cid in ids:
-            candidate = search.state.archive.get(cid)
-            if candidate is None:
-                continue
-            paths: list[Path] = []
-            self._local(f"masks/{cid}", lambda p, c=candidate: paths.extend(c.genome.save(p)))
-            if paths:
-                written[cid] = paths
-        return written
 
     @staticmethod
     def _write_lineage_csv(lineage: Any, front_ids: list[str], path: Path) -> None:
@@ -824,10 +857,18 @@ class MlflowTracker:
         self._get_client().log_batch(self._run(), metrics=[Metric(k, v, stamp, step) for k, v in metrics.items()])
 
     def _op_artifact(self, path: Path, where: str | None) -> None:
+        if path in self._failed_local:  # not written: already in tracker.unwritten
+            return
         self._get_client().log_artifact(self._run(), str(path), where)
 
-    def _op_artifact_dir(self, path: Path, where: str) -> None:
-        self._get_client().log_artifacts(self._run(), str(path), where)
+    def _op_masks(self, cid: str) -> None:
+        """Upload ``masks/<cid>.json`` and ``.safetensors`` (skipped for a child run an
+        earlier session logged: its masks were uploaded before it was created)."""
+        if cid in self._earlier_children:
+            return
+        run_id = self._run()
+        for path in self._mask_paths.get(cid, []):  # none if writing failed (see tracker.unwritten)
+            self._get_client().log_artifact(run_id, str(path), "masks")
 
     def _op_backfill(self, history: list[Mapping[str, Any]]) -> None:
         """Log the generations of ``history`` the parent run has no metrics for (a new run
@@ -859,28 +900,32 @@ class MlflowTracker:
                 cid = run.data.tags.get("certevo.candidate_id")
                 if cid and cid not in self.child_run_ids:
                     self.child_run_ids[cid] = run.info.run_id
+                    self._earlier_children.add(cid)
+                    self._on_front_tag[cid] = run.data.tags.get("certevo.on_front", "")
             token = page.token
             if not token:
                 return
 
-    def _op_child(self, candidate: Any, row: Mapping[str, Any], step: int) -> None:
+    def _op_child(self, candidate: Any, generation: int | None, step: int) -> None:
+        """Create the finished child run of a front member (``step``: the generation it
+        entered the front; ``generation``: the one it was made in)."""
         from mlflow.entities import Metric, Param, RunTag
 
         client = self._get_client()
         parent = self._run()
         cid = candidate.id
         record = candidate.record
-        if cid in self.child_run_ids:  # logged in an earlier session (or attempt)
-            client.set_tag(self.child_run_ids[cid], "certevo.on_front", "true")
+        if cid in self.child_run_ids:  # logged in an earlier session: _op_membership tags it
             return
         child = self._child_pending.get(cid)
         if child is None:  # a retry after a failure below reuses the run created before it
             tags = {"mlflow.parentRunId": parent, "certevo.candidate_id": cid, "certevo.on_front": "true",
                     "mask_artifact": f"masks/{cid}"}
-            if row.get("generation") is not None:
-                tags["generation"] = str(row["generation"])
+            if generation is not None:
+                tags["generation"] = str(generation)
             child = client.create_run(self.experiment_id, run_name=cid, tags=tags).info.run_id
             self._child_pending[cid] = child
+            self._on_front_tag[cid] = "true"
         pattern = candidate.genome.activation_pattern()
         params = [Param(_key(f"layer_sparsity.{layer}"), f"{float(value):.6g}")
                   for layer, value in record.layer_sparsity.items()]
@@ -900,11 +945,15 @@ class MlflowTracker:
         self.child_run_ids[cid] = child
         self._child_pending.pop(cid, None)
 
-    def _op_former_children(self, front: set[str]) -> None:
+    def _op_membership(self, front: frozenset[str]) -> None:
+        """Set ``certevo.on_front`` of every child run to whether it is in ``front``, writing
+        only the tags that change."""
         client = self._get_client()
-        for cid, child in self.child_run_ids.items():
-            if cid not in front:
-                client.set_tag(child, "certevo.on_front", "false")
+        for cid, child in list(self.child_run_ids.items()):
+            value = "true" if cid in front else "false"
+            if self._on_front_tag.get(cid) != value:
+                client.set_tag(child, "certevo.on_front", value)
+                self._on_front_tag[cid] = value
 
     def _op_terminate(self, status: str) -> None:
         self._get_client().set_terminated(self._run(), status)

@@ -221,8 +221,6 @@ def check_logged(client: MlflowClient, tracked: Tracked, tmp_path: Path) -> None
     paths = artifact_paths(client, tracker.run_id)
     assert FINAL_FILES <= paths
     assert {f"fronts/front_gen_{g:03d}.png" for g in range(GENERATIONS + 1)} <= paths
-    for cid in front_ids:
-        assert {f"masks/{cid}.json", f"masks/{cid}.safetensors"} <= paths
 
     download = tmp_path / "download"
     html = Path(client.download_artifacts(tracker.run_id, "front.html", str(download))).read_text()
@@ -231,9 +229,18 @@ def check_logged(client: MlflowClient, tracked: Tracked, tmp_path: Path) -> None
     some = sorted(front_ids)[0]
     assert Genome.load(masks / some) == search.state.archive[some].genome
 
+    # the rule: child runs tagged on_front=true == the final front; the others were on the
+    # front of an earlier generation and left it
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{tracker.run_id}'")
-    assert sorted(c.info.run_name for c in children) == sorted(front_ids)
+    names = [c.info.run_name for c in children]
+    assert len(names) == len(set(names))
+    assert {c.info.run_name for c in children if c.data.tags["certevo.on_front"] == "true"} == front_ids
+    ever_on_front = {str(p[0]) for h in history for p in h["front"]}
+    assert set(names) == ever_on_front
     for child in children:
+        assert child.data.tags["certevo.on_front"] in ("true", "false")
+        cid = child.info.run_name
+        assert {f"masks/{cid}.json", f"masks/{cid}.safetensors"} <= paths  # every child run's mask_artifact exists
         record = search.state.archive[child.info.run_name].record
         assert child.info.status == "FINISHED"
         assert child.data.tags["certevo.candidate_id"] == child.info.run_name
@@ -302,6 +309,49 @@ def test_tracker_reports_its_cost_and_nothing_unlogged(sqlite_run):
     assert tracker.evaluations_seen == len(sqlite_run.search.state.archive)
     assert tracker.unlogged == [] and tracker.unwritten == []
     assert tracker.report()["run_id"] == tracker.run_id
+
+
+class ChildRunProbe:
+    """Listed before the tracker: at the end of the search, before the tracker's on_end,
+    waits (up to ``timeout`` s) until the members of the last generation's front have
+    child runs tagged on_front=true, and records what it saw."""
+
+    def __init__(self, tracker: MlflowTracker, timeout: float = 60.0) -> None:
+        self.tracker, self.timeout = tracker, timeout
+        self.expected: set[str] = set()
+        self.seen: set[str] = set()
+        self.tracker_ended_before = True
+
+    def on_start(self, search) -> None: ...
+    def on_evaluation(self, search, result) -> None: ...
+    def on_generation(self, search, summary) -> None: ...
+
+    def on_end(self, search, summary) -> None:
+        self.tracker_ended_before = "on_end" in self.tracker.seconds_by_hook
+        self.expected = {str(p[0]) for p in search.state.history[-1]["front"]}
+        client = MlflowClient(self.tracker.tracking_uri)
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.tracker.run_id is not None and self.tracker.experiment_id is not None:
+                children = client.search_runs([self.tracker.experiment_id],
+                                              f"tags.mlflow.parentRunId = '{self.tracker.run_id}'")
+                self.seen = {c.info.run_name for c in children
+                             if c.data.tags.get("certevo.on_front") == "true" and c.info.status == "FINISHED"}
+                if self.seen == self.expected:
+                    return
+            time.sleep(0.2)
+
+
+def test_child_runs_are_created_during_the_search_not_at_the_end(ray_session, tmp_path):
+    """The front members' child runs are logged as the search goes (the background thread,
+    generation by generation), so on_end only waits for the last generation's work."""
+    tracker = MlflowTracker()
+    probe = ChildRunProbe(tracker)
+    tracked = run_tracked(Search.create(tiny("search.generations=1"), tmp_path / "run", [probe, tracker]), tracker)
+    assert not probe.tracker_ended_before
+    assert probe.expected and probe.seen == probe.expected  # before the tracker's on_end ran
+    assert probe.expected == {c.id for c in tracked.search.state.front()}
+    assert tracker.unlogged == []
 
 
 def test_resume_reopens_the_same_parent_run(ray_session, tmp_path):
@@ -387,7 +437,8 @@ def test_server_restarted_before_the_end_receives_the_backlog(ray_session, mlflo
     paths = artifact_paths(client, tracker.run_id)
     assert {"fronts/front_gen_001.png", "fronts/front_gen_002.png"} | FINAL_FILES <= paths
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{tracker.run_id}'")
-    assert len(children) == len(tracked.search.state.front())
+    on_front = {c.info.run_name for c in children if c.data.tags["certevo.on_front"] == "true"}
+    assert on_front == {c.id for c in tracked.search.state.front()}
 
 
 def test_server_stopped_mid_search_does_not_stop_the_search(ray_session, mlflow_server, tmp_path):
