@@ -80,7 +80,9 @@ def _add_launch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set search.generations=4 (repeatable)")
     p.add_argument("--address", default=None, help="Ray cluster address (auto, HOST:PORT or ray://HOST:PORT)")
-    p.add_argument("--run-dir", default=None, help="where the search writes everything (default: run_dir from the config, else runs/<time>-<config hash>)")
+    p.add_argument("--run-dir", default=None,
+                   help="where the search writes everything: a path or a filesystem URI such as s3://bucket/run "
+                        "(default: run_dir from the config, else runs/<time>-<config hash>)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: a SQLite store in the run directory, no server needed)")
     p.set_defaults(handler=_run_launch)
@@ -89,29 +91,30 @@ def _add_launch(sub: argparse._SubParsersAction) -> None:
 def _add_resume(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("resume", help="continue a search from its last checkpoint",
                        description="Continue the search in RUN_DIR from its last checkpoint.")
-    p.add_argument("run_dir", help="the run directory of the search")
+    p.add_argument("run_dir", help="the run directory of the search (a path or a filesystem URI)")
     p.add_argument("--generations", type=int, default=None, help="raise the number of generations")
     p.add_argument("--evaluation-budget", type=int, default=None, help="raise the evaluation budget")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the one the launch used)")
     p.set_defaults(handler=_run_resume)
 
 
-def _finish_search(search, trackers=()) -> int:
+def _finish_search(search, trackers=(), storage=None) -> int:
     import ray
 
     from rich.console import Console
 
+    where = storage.uri if storage is not None and storage.remote else search.run_dir
     try:
         result = search.run()
     except KeyboardInterrupt:
         Console(stderr=True).print(
-            f"[yellow]interrupted[/]; everything evaluated so far is kept. Continue with: certevo resume {search.run_dir}"
+            f"[yellow]interrupted[/]; everything evaluated so far is kept. Continue with: certevo resume {where}"
         )
         return 130
     finally:
         ray.shutdown()
     console = Console(stderr=True)
-    console.print(f"run directory: {result.run_dir}")
+    console.print(f"run directory: {where}" + (f" (staged in {result.run_dir})" if where != search.run_dir else ""))
     console.print(f"front: {result.run_dir / 'front.json'}")
     for tracker in trackers:
         uri = tracker.tracking_uri or ""
@@ -122,7 +125,7 @@ def _finish_search(search, trackers=()) -> int:
             console.print(f"[yellow]MLflow could not log {len(tracker.unlogged)} item(s)[/]: "
                           + "; ".join(str(u) for u in tracker.unlogged[:5]) + " (the run directory has everything)")
     console.print(f"next: certevo inspect {result.run_dir}   |   certevo export {result.run_dir} --knee -o best")
-    console.print(f"next: certevo resume {result.run_dir} --generations {search.config.search.generations + 5}")
+    console.print(f"next: certevo resume {where} --generations {search.config.search.generations + 5}")
     return 0
 
 
@@ -132,6 +135,7 @@ def _run_launch(args: argparse.Namespace) -> int:
     from search.config import load_config
     from search.loop import Search
     from search.progress import ConsoleProgress
+    from search.run_storage import RunStorage
 
     config = load_config(args.config, args.overrides)
     if args.address is not None:
@@ -142,26 +146,32 @@ def _run_launch(args: argparse.Namespace) -> int:
 
         # A fresh directory per launch unless the config names one, so launching twice never collides.
         run_dir = config.run_dir if config.run_dir != "runs/default" else f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.digest()}"
-    trackers = _trackers(args.tracking_uri)
-    search = Search.create(config, run_dir, [ConsoleProgress(), *trackers])
-    return _finish_search(search, trackers)
+    with RunStorage(run_dir) as storage:  # a local path, or a URI staged locally and mirrored
+        storage.prepare_launch()
+        trackers = _trackers(args.tracking_uri)
+        search = Search.create(config, storage.local_dir, [ConsoleProgress(), *trackers, *storage.observers()])
+        return _finish_search(search, trackers, storage)
 
 
 def _run_resume(args: argparse.Namespace) -> int:
     from search.loop import Search
     from search.progress import ConsoleProgress
+    from search.run_storage import RunStorage
 
-    uri = args.tracking_uri
-    run_file = Path(args.run_dir) / "mlflow_run.json"
-    if uri is None and run_file.is_file():
-        try:
-            uri = json.loads(run_file.read_text()).get("tracking_uri")
-        except ValueError:
-            uri = None
-    trackers = _trackers(uri)
-    search = Search.resume(args.run_dir, generations=args.generations, evaluation_budget=args.evaluation_budget,
-                           observers=[ConsoleProgress(), *trackers])
-    return _finish_search(search, trackers)
+    with RunStorage(args.run_dir) as storage:  # a local path, or a URI downloaded to local staging
+        storage.prepare_resume()
+        uri = args.tracking_uri
+        run_file = storage.local_dir / "mlflow_run.json"
+        if uri is None and run_file.is_file():
+            try:
+                uri = storage.tracking_uri(json.loads(run_file.read_text()).get("tracking_uri"))
+            except ValueError:
+                uri = None
+        trackers = _trackers(uri)
+        search = Search.resume(storage.local_dir, generations=args.generations,
+                               evaluation_budget=args.evaluation_budget,
+                               observers=[ConsoleProgress(), *trackers, *storage.observers()])
+        return _finish_search(search, trackers, storage)
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
