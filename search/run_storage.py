@@ -8,7 +8,9 @@ on an object store). For a remote URI this module
 1. maps the URI to a deterministic local *staging* directory
    (``$CERTEVO_STAGING_DIR`` or ``<temp dir>/certevo-<user>/runs``, then ``<name>-<hash of URI>``),
 2. before ``launch``: refuses a URI that already holds a search, and empties stale staging,
-3. before ``resume``: makes the staging directory an exact copy of the remote run,
+3. before ``resume``: makes the staging directory an exact copy of the remote run (the
+   remote is the truth: evaluations journaled after its last upload are redone, with the
+   same results, since every evaluation is deterministic),
 4. while the search runs: mirrors changed files to the remote as a search observer
    (at the start, after every generation, at the end, and when the search stops on an
    error or Ctrl-C).

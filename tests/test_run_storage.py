@@ -133,14 +133,33 @@ def config_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_front(config_file, tmp_path_factory, ray_session) -> list:
-    """The front of the tiny search (K-starts + one generation) run in one go, locally."""
+def uninterrupted(config_file, tmp_path_factory, ray_session) -> tuple[list, Path]:
+    """The front of the tiny search (K-starts + one generation) run in one go in a local
+    directory, and that directory."""
     from search.config import load_config
     from search.loop import Search
 
     config = load_config(str(config_file), ["search.generations=1"])
     result = Search.create(config, tmp_path_factory.mktemp("plain") / "run").run()
-    return sorted([c.id, c.record.sparsity, c.record.certified_accuracy] for c in result.front)
+    return sorted([c.id, c.record.sparsity, c.record.certified_accuracy] for c in result.front), result.run_dir
+
+
+def test_cli_refuses_a_second_launch_into_a_file_uri(config_file, uninterrupted, capsys):
+    from search.cli import main
+
+    uri = uninterrupted[1].resolve().as_uri()
+    assert main(["launch", str(config_file), "--run-dir", uri]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a search" in err and "certevo resume" in err
+
+
+def test_cli_names_a_bad_uri_and_the_fix(config_file, capsys):
+    from search.cli import main
+
+    assert main(["launch", str(config_file), "--run-dir", "nosuchfs://bucket/run"]) == 2
+    assert main(["resume", "nosuchfs://bucket/run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("run directory 'nosuchfs://bucket/run'") == 2 and "s3://" in err and "Traceback" not in err
 
 
 CLI_SCRIPT = r"""
@@ -166,7 +185,7 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def test_cli_launch_into_a_uri_then_resume_from_it_elsewhere(config_file, uninterrupted_front, tmp_path):
+def test_cli_launch_into_a_uri_then_resume_from_it_elsewhere(config_file, uninterrupted, tmp_path):
     uri = "memory://bucket/certevo/run-1"
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", COLUMNS="200", CERTEVO_STAGING_DIR=str(tmp_path))
     import ray
@@ -188,7 +207,7 @@ def test_cli_launch_into_a_uri_then_resume_from_it_elsewhere(config_file, uninte
     front = json.loads(files["front.json"])
     assert front["generations"] == 1
     resumed = sorted([r["id"], r["sparsity"], r["certified_accuracy"]] for r in front["front"])
-    assert resumed == uninterrupted_front
+    assert resumed == uninterrupted[0]
     state = json.loads(files["checkpoint/state.json"])
     arrays = [p for p in files if p.startswith("checkpoint/arrays-")]
     assert arrays == [f"checkpoint/{state['arrays_file']}"]  # the old checkpoint's arrays were removed remotely
