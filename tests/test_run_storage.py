@@ -58,15 +58,15 @@ def test_local_paths_and_file_uris_are_used_in_place(tmp_path):
         assert not by_uri.remote and by_uri.local_dir == tmp_path / "b"
 
 
-def test_staging_is_deterministic_per_uri(tmp_path):
+def test_staging_is_deterministic_per_uri(tmp_path, monkeypatch):
     a, b = staging_dir("s3://bucket/runs/exp-1", tmp_path), staging_dir("s3://bucket/runs/exp-1/", tmp_path)
     assert a == b and a.parent == tmp_path and a.name.startswith("exp-1-")
     assert staging_dir("s3://bucket/runs/exp-2", tmp_path) != a
-    os.environ["CERTEVO_STAGING_DIR"] = str(tmp_path / "root")
-    try:
-        assert staging_dir("s3://bucket/runs/exp-1").parent == tmp_path / "root"
-    finally:
-        del os.environ["CERTEVO_STAGING_DIR"]
+    monkeypatch.delenv("CERTEVO_STAGING_DIR", raising=False)
+    default = staging_dir("s3://bucket/runs/exp-1")  # not under $HOME: the same path on every machine
+    assert default.parent.name == "runs" and default.parent.parent.name.startswith("certevo-")
+    monkeypatch.setenv("CERTEVO_STAGING_DIR", str(tmp_path / "root"))
+    assert staging_dir("s3://bucket/runs/exp-1").parent == tmp_path / "root"
 
 
 def test_unknown_scheme_names_the_uri_and_the_fix():
