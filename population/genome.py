@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from population.allocation import layer_kept_counts
 from population.errors import CheckpointError, GenomeError
 
 #: Activation functions a hidden layer may use. "linear" (the identity) grafts a neuron's
@@ -261,16 +262,16 @@ def random_genome(
     activations: Sequence[str],
     sparsity: float,
     rng: np.random.Generator,
+    allocation: str = "uniform",
 ) -> Genome:
-    """A genome pruned uniformly at random to ``sparsity`` in every layer (at least one
-    weight kept per output unit row is not guaranteed; exact count per layer is)."""
-    if not 0.0 <= sparsity < 1.0:
-        raise GenomeError(f"sparsity must be in [0, 1); got {sparsity}; e.g. 0.9 prunes 90 % of weights")
+    """A genome pruned at random to global ``sparsity``, split across layers by
+    ``allocation`` (see :mod:`population.allocation`; ``uniform``: the same sparsity in
+    every layer). Exact kept counts per layer; one ``rng.choice`` per layer, in order."""
+    counts = layer_kept_counts(layer_shapes, sparsity, allocation)
     masks = {}
     for name, shape in layer_shapes.items():
         size = int(np.prod(shape))
-        keep = max(1, size - int(round(sparsity * size)))
         flat = np.zeros(size, dtype=bool)
-        flat[rng.choice(size, size=keep, replace=False)] = True
+        flat[rng.choice(size, size=counts[name], replace=False)] = True
         masks[name] = flat.reshape(tuple(shape))
     return Genome(masks=masks, activations=tuple(activations))

@@ -18,11 +18,13 @@ def kstart_candidates(
     k: int,
     rng: np.random.Generator,
     activations: Callable[[np.random.Generator], Sequence[str]],
+    allocation: str = "uniform",
 ) -> list[tuple[float, Genome]]:
     """``k`` random genomes per target sparsity, as (sparsity, genome) in a fixed order.
 
     Draws, per sparsity in order and per start: ``activations(rng)`` (the activation
-    genes), then the masks (see :func:`population.genome.random_genome`).
+    genes), then the masks (see :func:`population.genome.random_genome`), split across
+    layers by ``allocation`` (see :mod:`population.allocation`).
     """
     if k < 1:
         raise ConfigError(f"search.kstarts must be >= 1; got {k}; e.g. 2")
@@ -30,7 +32,7 @@ def kstart_candidates(
     for sparsity in sparsities:
         for _ in range(k):
             genes = tuple(activations(rng))
-            out.append((float(sparsity), random_genome(layer_shapes, genes, float(sparsity), rng)))
+            out.append((float(sparsity), random_genome(layer_shapes, genes, float(sparsity), rng, allocation)))
     return out
 
 

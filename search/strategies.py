@@ -60,7 +60,7 @@ class Strategy:
         """K random masks per target sparsity (activations: the first allowed one)."""
         starts = kstart_candidates(
             self.layer_shapes, self.config.genome.sparsities, self.config.search.kstarts, state.rng,
-            lambda rng: self.base_activations,
+            lambda rng: self.base_activations, self.config.genome.allocation,
         )
         self._starts = starts
         return [Proposal(genome, (), "kstart") for _, genome in starts]
