@@ -20,6 +20,7 @@ from evaluators.data import DATASETS
 from evaluators.settings import CertificationSettings, TrainingSettings
 from evaluators.spec import DataSpec, EvaluationSpec, ModelSpec
 from population.errors import ConfigError
+from population.allocation import ALLOCATIONS
 from population.genome import KNOWN_ACTIVATIONS
 
 STRATEGIES = ("nsga2", "coevolution")
@@ -40,6 +41,8 @@ class GenomeSpace:
     per_neuron: bool = False
     min_sparsity: float = 0.3
     max_sparsity: float = 0.995
+    #: How K-starts masks split a target sparsity across layers (population.allocation).
+    allocation: str = "erk"
 
     def __post_init__(self) -> None:
         if not self.sparsities:
@@ -53,6 +56,8 @@ class GenomeSpace:
             if a not in KNOWN_ACTIVATIONS:
                 _fail("genome.activations", list(self.activations), f"contains unknown activation {a!r}",
                       f"use some of {', '.join(KNOWN_ACTIVATIONS)}")
+        if self.allocation not in ALLOCATIONS:
+            _fail("genome.allocation", self.allocation, "is not a known allocation", f"use one of {', '.join(ALLOCATIONS)}")
         if not 0 <= self.min_sparsity < self.max_sparsity < 1:
             _fail("genome.min_sparsity/max_sparsity", (self.min_sparsity, self.max_sparsity),
                   "must satisfy 0 <= min_sparsity < max_sparsity < 1", "e.g. 0.3 and 0.995")
@@ -91,11 +96,17 @@ class SearchSettings:
     inherit_epochs: int = 5
     extra_objectives: tuple[str, ...] = ()
     seed: int = 0
+    #: Populations evolving in parallel (search.islands); every migration_interval
+    #: generations each sends its `migrants` best members to the next (a ring).
+    islands: int = 1
+    migration_interval: int = 2
+    migrants: int = 2
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             _fail("search.strategy", self.strategy, "is not a strategy", f"use one of {', '.join(STRATEGIES)}")
-        for name, minimum in (("population_size", 2), ("generations", 0), ("kstarts", 1), ("inherit_epochs", 1)):
+        for name, minimum in (("population_size", 2), ("generations", 0), ("kstarts", 1), ("inherit_epochs", 1),
+                              ("islands", 1), ("migration_interval", 1), ("migrants", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 _fail(f"search.{name}", value, f"must be an integer >= {minimum}", f"e.g. {max(minimum, 4)}")
@@ -111,6 +122,9 @@ class SearchSettings:
                       f"use some of {', '.join(EXTRA_OBJECTIVES)}")
         if not isinstance(self.seed, int) or self.seed < 0:
             _fail("search.seed", self.seed, "must be a non-negative integer", "e.g. 0")
+        if self.islands > 1 and self.migrants >= self.population_size:
+            _fail("search.migrants", self.migrants, f"must be below search.population_size ({self.population_size})",
+                  f"e.g. {max(1, self.population_size // 4)}")
 
 
 @dataclass(frozen=True)
@@ -120,8 +134,13 @@ class ClusterSettings:
     address: str | None = None
     actors: int | None = None
     cpus_per_actor: int = 1
+    #: Host islands in Ray actors; null: only when search.islands > 1.
+    island_actors: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.island_actors is not None and not isinstance(self.island_actors, bool):
+            _fail("cluster.island_actors", self.island_actors, "must be true, false or null",
+                  "null hosts islands in actors only when search.islands > 1")
         if self.actors is not None and (not isinstance(self.actors, int) or self.actors < 1):
             _fail("cluster.actors", self.actors, "must be a positive integer or null", "null uses every CPU Ray offers")
         if not isinstance(self.cpus_per_actor, int) or self.cpus_per_actor < 1:

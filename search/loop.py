@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from cluster.connect import connect
+from cluster.islands import host_islands
 from cluster.pool import EvaluationPool, EvaluationTask, TaskResult
 from evaluators.models import make_template
 from population.checkpoint import CheckpointStore
@@ -23,6 +24,7 @@ from population.files import atomic_write
 from population.lineage import LineageRecord
 from population.seeds import derive_seed
 from search.config import SearchConfig, config_from_dict
+from search.islands import Island, initial_snapshots, offspring_counts
 from search.journal import EvaluationJournal
 from search.state import Candidate, SearchState, objectives
 from search.strategies import CoevolutionStrategy, Proposal, Strategy, make_strategy
@@ -72,6 +74,8 @@ class Search:
         self.journal = EvaluationJournal(run_dir)
         self._cached = self.journal.records()
         self.pool: EvaluationPool | None = None
+        self.islands: list[Any] = []
+        self._migrated: list[list[str]] | None = None
         self.started = time.perf_counter()
         self.evaluated_this_session = 0
         data = config.data.load()
@@ -131,7 +135,7 @@ class Search:
     def planned_evaluations(self) -> int:
         """How many evaluations the whole search will run at most."""
         s = self.config.search
-        total = s.kstarts * len(self.config.genome.sparsities) + s.generations * s.population_size
+        total = s.kstarts * len(self.config.genome.sparsities) + s.generations * s.population_size * s.islands
         return min(total, s.evaluation_budget) if s.evaluation_budget is not None else total
 
     def _budget_left(self) -> int:
@@ -149,6 +153,8 @@ class Search:
         try:
             if self.state.generation < 0:
                 self._kstarts()
+            if self.state.generation < self.config.search.generations and self._budget_left() > 0:
+                self._start_islands()
             while self.state.generation < self.config.search.generations and self._budget_left() > 0:
                 self._generation()
         except BaseException as exc:  # Ctrl-C included: observers close what they opened
@@ -159,6 +165,8 @@ class Search:
             raise
         finally:
             self.pool.shutdown()
+            for island in self.islands:
+                island.shutdown()
         summary = self._finish()
         for observer in self.observers:
             observer.on_end(self, summary)
@@ -183,13 +191,57 @@ class Search:
         self.state.generation = 0
         self._end_generation(len(proposals))
 
+    def _island_args(self, snapshot: dict[str, Any]) -> tuple:
+        seen = [self.state.archive[i] for i in snapshot["seen"]]
+        weights = {k: self.state.weights[k] for k in snapshot["population"] if k in self.state.weights}
+        return (self.config.to_dict(), self.template.layer_shapes(), len(self.template.hidden_sizes()),
+                snapshot, seen, weights)
+
+    def _start_islands(self) -> None:
+        settings = self.config.search
+        if not self.state.islands:  # after K-starts, or a checkpoint from before islands existed
+            self.state.islands = initial_snapshots(self.state, settings.islands, settings.seed)
+        actors = self.config.cluster.island_actors
+        if actors is None:
+            actors = settings.islands > 1
+        self.islands = host_islands(Island, [self._island_args(s) for s in self.state.islands], actors=actors)
+
     def _generation(self) -> None:
-        count = min(self.config.search.population_size, self._budget_left())
-        proposals = self.strategy.offspring(self.state, count)
+        settings = self.config.search
+        counts = offspring_counts(len(self.islands), settings.population_size, self._budget_left())
+        pending = [island.submit("offspring", n) for island, n in zip(self.islands, counts)]
+        per_island = [island.result(p) for island, p in zip(self.islands, pending)]
+        proposals = [p for batch in per_island for p in batch]
         self._evaluate(proposals, generation=self.state.generation + 1)
-        self.strategy.select(self.state, proposals)
+        pending = []
+        for island, batch in zip(self.islands, per_island):
+            evaluated = [self.state.archive[i] for i in dict.fromkeys(p.genome.id for p in batch)]
+            weights = {c.id: self.state.weights[c.id] for c in evaluated if c.id in self.state.weights}
+            pending.append(island.submit("accept", batch, evaluated, weights))
+        snapshots = [island.result(p) for island, p in zip(self.islands, pending)]
         self.state.generation += 1
+        if len(self.islands) > 1 and self.state.generation % settings.migration_interval == 0:
+            snapshots = self._migrate()
+        self.state.islands = snapshots
+        self.state.population = list(dict.fromkeys(i for s in snapshots for i in s["population"]))
+        patterns = [p for s in snapshots for p in s["activation_population"]]
+        self.state.activation_population = [p for k, p in enumerate(patterns) if p not in patterns[:k]]
         self._end_generation(len(proposals))
+        for island, snapshot in zip(self.islands, snapshots):
+            island.checkpointed(self._island_args(snapshot))
+
+    def _migrate(self) -> list[dict[str, Any]]:
+        """Ring migration: every island's best go to the next island (see search.islands)."""
+        count = self.config.search.migrants
+        pending = [island.submit("emigrants", count) for island in self.islands]
+        leaving = [island.result(p) for island, p in zip(self.islands, pending)]
+        pending = []
+        for k, island in enumerate(self.islands):
+            arriving = [self.state.archive[i] for i in leaving[k - 1]]
+            weights = {c.id: self.state.weights[c.id] for c in arriving if c.id in self.state.weights}
+            pending.append(island.submit("immigrate", arriving, weights))
+        self._migrated = leaving
+        return [island.result(p) for island, p in zip(self.islands, pending)]
 
     def _task(self, proposal: Proposal) -> EvaluationTask:
         inherit = self.config.search.weight_inheritance
@@ -251,6 +303,9 @@ class Search:
             "best_certified": best_at_levels(front),
             "front": [[c.id, c.record.sparsity, c.record.certified_accuracy] for c in front],
         }
+        if self._migrated is not None:  # ids each island sent to the next
+            summary["migrants"] = self._migrated
+            self._migrated = None
         self.state.history.append(summary)
         state, arrays = self.state.to_checkpoint()
         state["config"] = self.config.to_dict()

@@ -59,6 +59,8 @@ class SearchState:
     lineage: Lineage = field(default_factory=Lineage)
     history: list[dict[str, Any]] = field(default_factory=list)
     weights: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    #: Per island, its state after the last generation (see search.islands).
+    islands: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, candidate: Candidate) -> None:
         """Put an evaluated candidate in the archive (once)."""
@@ -71,7 +73,7 @@ class SearchState:
         return pareto_front(pool, [c.record.objectives for c in pool])
 
     def hypervolume(self) -> float:
-        """Hypervolume of the archive's front, reference point (0, 0) (see population.selection)."""
+        """Hypervolume of the archive's front at the fixed reference point of population.selection."""
         return hypervolume_2d([c.record.objectives for c in self.front()], HV_REFERENCE_2D)
 
     # -- checkpoint form ------------------------------------------------------------
@@ -92,6 +94,7 @@ class SearchState:
             "activation_population": self.activation_population,
             "lineage": self.lineage.to_json(),
             "history": self.history,
+            "islands": self.islands,
         }
         return state, arrays
 
@@ -123,6 +126,7 @@ class SearchState:
                 lineage=Lineage.from_json(state["lineage"]),
                 history=list(state["history"]),
                 weights=weights,
+                islands=list(state.get("islands", [])),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{where} is missing or has bad search state ({type(exc).__name__}: {exc}); "
