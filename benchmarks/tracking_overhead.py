@@ -4,7 +4,8 @@ directory), same seed, fresh run directories, one Ray session.
 
 Printed per pair and in total: the wall time of each search (``Search.run``), the time the
 driver spent blocked inside the tracker's hooks (timed from outside, by a wrapper observer
-around the tracker, per hook), the tracker's own accounting (``seconds_spent``,
+around the tracker, per hook; also the driver process's CPU time meanwhile, both threads,
+which other processes' load moves less), the tracker's own accounting (``seconds_spent``,
 ``background_seconds``), and whether both searches found the same front. The last line is
 one JSON object: ``ratio`` = tracked wall / untracked wall (sums over the pairs),
 ``blocking_share`` = driver time blocked in tracker hooks / tracked wall, and the figures
@@ -45,14 +46,21 @@ class TimedObserver:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
         self.calls: dict[str, int] = {}
+        self.last_return = 0.0
+        self.gap = 0.0
 
     def _call(self, hook: str, *args: Any) -> None:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
+        if hook == "on_end":  # from the last generation's hook to the end: what the tracker's thread had then
+            self.gap = start - self.last_return
         try:
             getattr(self.inner, hook)(*args)
         finally:
-            self.seconds[hook] = self.seconds.get(hook, 0.0) + time.perf_counter() - start
+            self.last_return = time.perf_counter()
+            self.seconds[hook] = self.seconds.get(hook, 0.0) + self.last_return - start
+            self.cpu[hook] = self.cpu.get(hook, 0.0) + time.process_time() - cpu
             self.calls[hook] = self.calls.get(hook, 0) + 1
 
     def on_start(self, search: Any) -> None:
@@ -91,6 +99,7 @@ def run_once(overrides: list[str], run_dir: Path, tracked: bool, tracking_uri: s
     if timed is not None:
         tracker = timed.inner
         out.update(blocking=timed.total, by_hook=dict(timed.seconds), calls=dict(timed.calls),
+                   cpu_in_hooks=sum(timed.cpu.values()), gap_before_on_end=timed.gap,
                    tracker_seconds_spent=tracker.seconds_spent, background_seconds=tracker.background_seconds,
                    unlogged=list(tracker.unlogged), child_runs=len(tracker.child_run_ids))
     return out
@@ -124,6 +133,8 @@ def main() -> None:
             by_hook = ", ".join(f"{k} {v:.3f} s ({t['calls'][k]})" for k, v in t["by_hook"].items())
             print(f"[{i}] tracked search: blocked in tracker hooks {t['blocking']:.3f} s "
                   f"({100 * t['blocking'] / t['wall']:.2f} % of its wall); by hook: {by_hook}")
+            print(f"[{i}] driver process CPU while blocked in hooks {t['cpu_in_hooks']:.3f} s (both threads; "
+                  f"less load-dependent than the wall figure); last on_generation -> on_end {t['gap_before_on_end']:.3f} s")
             print(f"[{i}] tracker's own count {t['tracker_seconds_spent']:.3f} s, background thread "
                   f"{t['background_seconds']:.2f} s, child runs {t['child_runs']}, unlogged {len(t['unlogged'])}; "
                   f"wall ratio {t['wall'] / u['wall']:.3f}; same front: {u['front'] == t['front']}", flush=True)
@@ -144,6 +155,7 @@ def main() -> None:
         "blocking_share": blocking / tracked,
         "blocking_seconds": blocking,
         "blocking_by_hook": hooks,
+        "cpu_in_hooks": sum(p["tracked"]["cpu_in_hooks"] for p in pairs),
         "untracked_wall": untracked,
         "tracked_wall": tracked,
         "pairs": len(pairs),

@@ -41,19 +41,24 @@ Contract
 
 Cost and resilience
 -------------------
-Hooks only queue work: one background thread writes the queued files (pictures, masks)
-into ``<run_dir>/artifacts/`` and then performs the MLflow calls in order, so creating a
-new SQLite store (several seconds), drawing (a few hundred ms), child runs (~60 ms each on
-SQLite) or a slow server never block the search while it runs. ``on_end`` queues the final
-files too and waits until everything queued is written and logged (or recorded as
-unlogged); what is left then is only the work the last generation made: its front picture,
-its new child runs, ``history.png`` and ``lineage.png`` (drawing is CPU-bound under the
-GIL, so which thread draws does not change that wait). ``tracker.seconds_spent`` is the
-time the search spent inside the tracker's hooks (``seconds_by_hook`` per hook; the final
-wait included); ``tracker.background_seconds`` the time the background thread worked.
-Files queued but not yet written when ``on_end``/``close`` runs are written there, so the
-run directory is complete when the search returns. ``benchmarks/tracking_overhead.py``
-measures the cost on the default search.
+Hooks only queue work, for two threads of the tracker: the *files* thread writes the queued
+files (pictures, masks, final files) into ``<run_dir>/artifacts/``; the *MLflow* thread
+performs the MLflow calls in order, an upload waiting until its file is written. So creating
+a new SQLite store (several seconds), drawing (a few hundred ms), child runs (~60 ms each on
+SQLite) or a slow server never block the search while it runs. Pictures are drawn by
+``plot_processes`` helper processes (default 2, started with the session, ended with it;
+JSON over a pipe, no pickle): drawing is CPU-bound Python, and in the search's process it
+would take turns with the driver and the MLflow thread for the GIL. A helper that dies or
+hangs (``PLOT_TIMEOUT``) is replaced by drawing in-process. ``on_end`` queues the final
+files and waits until everything queued is written and logged (or recorded as unlogged);
+what is left then is only what the last generation made: its front picture (which
+``front.png`` copies), its new child runs, ``history.png`` and ``lineage.png``, drawn side by
+side in the two helpers (the driver thread writes files too while it waits).
+``tracker.seconds_spent`` is the time the search spent inside the tracker's hooks
+(``seconds_by_hook`` per hook; the final wait included); ``tracker.background_seconds`` the
+time the tracker's threads worked. Files queued but not yet written when ``on_end``/``close``
+runs are written there, so the run directory is complete when the search returns.
+``benchmarks/tracking_overhead.py`` measures the cost on the default search.
 
 A failing call never raises into the search. A transient failure (server unreachable,
 timeout, HTTP 5xx) stops the queue at that call; it is retried when the next hook queues
@@ -82,6 +87,8 @@ from __future__ import annotations
 
 import atexit
 import csv
+import select
+import sys
 import functools
 import importlib.metadata
 import json
@@ -90,6 +97,7 @@ import os
 import re
 import shutil
 import subprocess
+import queue
 import threading
 import time
 import warnings
@@ -121,6 +129,8 @@ DEFAULT_HTTP_RETRIES = 0
 DEFAULT_HTTP_TIMEOUT = 5
 ENV_NO_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 PROGRESS_WAIT = 60.0
+PLOT_FUNCTIONS = ("plot_front", "plot_history", "plot_lineage")
+PLOT_TIMEOUT = 120.0
 
 _TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED",
                     "ABORTED", "UNAVAILABLE"}
@@ -142,6 +152,7 @@ class _NoRun(Exception):
 class _Op:
     what: str
     fn: Callable[[], None]
+    needs: str | None = None  # a local file (artifacts/<needs>) written before the call
     attempts: int = 0
     last_error: str = ""
 
@@ -307,6 +318,89 @@ class _EnvOverride:
         self.saved = None
 
 
+class _WorkerGone(Exception):
+    """A plot worker process died, hung or could not start (the caller draws in-process)."""
+
+
+def _encode_arg(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "to_json") and hasattr(value, "ancestors"):  # a population.lineage.Lineage
+        return {"__lineage__": value.to_json()}
+    return value
+
+
+class _PlotWorker:
+    """A child process (``python -c``, so nothing of the parent's ``__main__`` is imported)
+    that draws with :mod:`search.plots`. Protocol: one JSON line in (``fn``, ``args``,
+    ``kwargs``; a lineage as ``{"__lineage__": Lineage.to_json()}``), one JSON line out
+    (``{"ok": true}`` or ``{"error": ...}``); closing its stdin ends it. Drawing is
+    CPU-bound Python: in a process of its own it runs beside the search's threads instead of
+    taking turns with them for the GIL. Only the thread holding it (from the tracker's idle
+    queue) talks to it."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from search.tracking import _plot_worker_main; _plot_worker_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+
+    def call(self, fn: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], timeout: float = PLOT_TIMEOUT) -> None:
+        job = {"fn": fn, "args": [_encode_arg(a) for a in args],
+               "kwargs": {k: _encode_arg(v) for k, v in kwargs.items()}}
+        line = (json.dumps(job, default=str) + "\n").encode()
+        try:
+            self.proc.stdin.write(line)
+            self.proc.stdin.flush()
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            answer = self.proc.stdout.readline() if ready else b""
+        except (OSError, ValueError) as exc:
+            raise _WorkerGone(_describe(exc)) from exc
+        if not answer:
+            raise _WorkerGone("no answer" if self.proc.poll() is None else f"exited with {self.proc.returncode}")
+        reply = json.loads(answer)
+        if not reply.get("ok"):
+            raise RuntimeError(f"drawing failed in the plot process: {reply.get('error')}")
+
+    def close_input(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.close_input()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def _plot_worker_main() -> None:
+    """The loop of a :class:`_PlotWorker` process."""
+    from population.lineage import Lineage
+
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever the drawing code prints goes to stderr, never into the protocol
+    for line in sys.stdin:
+        try:
+            job = json.loads(line)
+            if job.get("fn") not in PLOT_FUNCTIONS:
+                raise ValueError(f"fn must be one of {PLOT_FUNCTIONS}; got {job.get('fn')!r}")
+            args = [Lineage.from_json(a["__lineage__"]) if isinstance(a, dict) and "__lineage__" in a else a
+                    for a in job["args"]]
+            getattr(plots, job["fn"])(*args, **job["kwargs"])
+            reply: dict[str, Any] = {"ok": True}
+        except Exception as exc:
+            reply = {"ok": False, "error": _describe(exc)}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+
+
 # -- the tracker ---------------------------------------------------------------------------
 class MlflowTracker:
     """Logs a search to MLflow (see the module docstring for what, where and when).
@@ -322,6 +416,8 @@ class MlflowTracker:
             tracking server while the search runs (defaults 5 and 0; see the module doc).
         end_timeout: how long ``on_end`` keeps retrying calls that failed (seconds).
         tags: extra tags for the parent run.
+        plot_processes: helper processes that draw the pictures (default 2; 0 draws in
+            the search's process, on the tracker's threads).
 
     After ``on_end``: ``run_id``, ``tracking_uri``, ``experiment_id``, ``seconds_spent``,
     ``background_seconds``, ``unlogged`` (what could not be logged, with the reason),
@@ -331,11 +427,15 @@ class MlflowTracker:
     def __init__(self, tracking_uri: str | None = None, experiment_name: str = DEFAULT_EXPERIMENT, *,
                  run_name: str | None = None, artifact_location: str | None = None,
                  http_timeout: int | None = None, http_retries: int | None = None,
-                 end_timeout: float = 20.0, tags: Mapping[str, str] | None = None) -> None:
+                 end_timeout: float = 20.0, tags: Mapping[str, str] | None = None, plot_processes: int = 2) -> None:
         if not experiment_name:
             raise ValueError("experiment_name must be a non-empty string; got an empty one; e.g. 'certevo'")
         if end_timeout < 0:
             raise ValueError(f"end_timeout must be >= 0 seconds; got {end_timeout!r}; e.g. 20")
+        if not isinstance(plot_processes, int) or plot_processes < 0:
+            raise ValueError(f"plot_processes must be an integer >= 0; got {plot_processes!r}; e.g. 2, or 0 to "
+                             "draw in the search's process")
+        self.plot_processes = plot_processes
         self.requested_uri = tracking_uri
         self.experiment_name = experiment_name
         self.run_name = run_name
@@ -368,6 +468,8 @@ class MlflowTracker:
         self._earlier_children: set[str] = set()  # background: child runs found from an earlier session
         self._mask_paths: dict[str, list[Path]] = {}  # background: mask files written, per candidate
         self._failed_local: set[Path] = set()
+        self._workers: list[_PlotWorker] = []
+        self._idle_workers: queue.SimpleQueue[_PlotWorker] = queue.SimpleQueue()
         self._client: Any = None
         self._existing_params: dict[str, str] = {}
         self._start_error: str | None = None
@@ -377,6 +479,7 @@ class MlflowTracker:
         self._ops: deque[_Op] = deque()
         self._local_jobs: deque[tuple[str, Callable[[Path], Any]]] = deque()
         self._local_running = 0
+        self._local_pending: dict[str, int] = {}  # names queued or being written
         self._cv = threading.Condition()
         self._wake = False
         self._closing = False
@@ -384,6 +487,7 @@ class MlflowTracker:
         self._session = object()
         self._deadline = 0.0
         self._thread: threading.Thread | None = None
+        self._files_thread: threading.Thread | None = None
         self._env = _EnvOverride({})
         self._open = False
 
@@ -433,6 +537,9 @@ class MlflowTracker:
         self._thread = threading.Thread(target=self._work, args=(self._session,), name="certevo-mlflow-tracker",
                                         daemon=True)
         self._thread.start()
+        self._files_thread = threading.Thread(target=self._files_work, args=(self._session,),
+                                              name="certevo-mlflow-files", daemon=True)
+        self._files_thread.start()
         for entry in history:  # a resumed search: pictures a crash may have left unwritten
             if not self._front_png(entry).is_file():
                 self._queue_front_png(entry, [h for h in history if int(h["generation"]) < int(entry["generation"])])
@@ -463,7 +570,8 @@ class MlflowTracker:
         stamp = int(time.time() * 1000)
         self._submit(f"metrics of generation {generation}",
                      functools.partial(self._op_metrics, generation, self._generation_metrics(summary), stamp))
-        self._submit(f"artifact fronts/{png.name}", functools.partial(self._op_artifact, png, "fronts"))
+        self._submit(f"artifact fronts/{png.name}", functools.partial(self._op_artifact, png, "fronts"),
+                     needs=f"fronts/{png.name}")
         self._sync_front(search, [str(p[0]) for p in summary.get("front", [])], generation)
 
     def _sync_front(self, search: Any, ids: list[str], step: int) -> None:
@@ -480,7 +588,7 @@ class MlflowTracker:
             generation = lineage.get(cid).generation if cid in lineage else None
             self._queue_local(f"masks/{cid}",
                               lambda p, c=candidate: self._mask_paths.__setitem__(c.id, list(c.genome.save(p))))
-            self._submit(f"artifacts masks/{cid}", functools.partial(self._op_masks, cid))
+            self._submit(f"artifacts masks/{cid}", functools.partial(self._op_masks, cid), needs=f"masks/{cid}")
             self._submit(f"child run of {cid}", functools.partial(self._op_child, candidate, generation, step))
         self._submit("front membership of the child runs", functools.partial(self._op_membership, frozenset(ids)))
 
@@ -509,7 +617,8 @@ class MlflowTracker:
 
         def write_and_upload(name: str, write: Callable[[Path], Any]) -> None:
             self._queue_local(name, write)
-            self._submit(f"artifact {name}", functools.partial(self._op_artifact, self.artifacts_dir / name, None))
+            self._submit(f"artifact {name}", functools.partial(self._op_artifact, self.artifacts_dir / name, None),
+                         needs=name)
 
         last = history[-1] if history else None
         reuse = None
@@ -518,17 +627,23 @@ class MlflowTracker:
             reuse = self._front_png(last)
 
         def front_png(path: Path) -> None:
-            if reuse is not None and reuse.is_file():
-                shutil.copyfile(reuse, path)
-            else:
-                plots.plot_front(rows, path, history=history[:-1], title="final Pareto front")
+            if reuse is not None:
+                # queued before this job (FIFO), so done or being written by the other thread
+                name = reuse.relative_to(self.artifacts_dir).as_posix()
+                with self._cv:
+                    self._cv.wait_for(lambda: name not in self._local_pending, timeout=PLOT_TIMEOUT)
+                if reuse.is_file():
+                    shutil.copyfile(reuse, path)
+                    return
+            self._draw("plot_front", rows, path, history=history[:-1], title="final Pareto front")
 
+        # the longest drawing first; front.png last, as it waits for the last generation's picture
         write_and_upload("front.json", lambda p: p.write_text(json.dumps(dict(summary), indent=2)))
-        write_and_upload("front.png", front_png)
         write_and_upload("front.html", lambda p: plots.front_html(rows, p))
         write_and_upload("lineage.csv", lambda p: self._write_lineage_csv(lineage, ids, p))
-        write_and_upload("history.png", lambda p: plots.plot_history(history, p))
-        write_and_upload("lineage.png", lambda p: plots.plot_lineage(lineage, ids, p))
+        write_and_upload("lineage.png", lambda p: self._draw("plot_lineage", lineage, ids, p))
+        write_and_upload("history.png", lambda p: self._draw("plot_history", history, p))
+        write_and_upload("front.png", front_png)
         self._submit("end of the parent run (FINISHED)", functools.partial(self._op_terminate, "FINISHED"))
 
     def on_error(self, search: Any, error: BaseException) -> None:
@@ -579,16 +694,65 @@ class MlflowTracker:
         """Queue drawing ``fronts/front_gen_<ggg>.png``; return its path."""
         generation = int(summary["generation"])
         name = f"fronts/front_gen_{generation:03d}.png"
-        self._queue_local(name, lambda p: plots.plot_front(
-            summary.get("front", []), p, history=earlier, title=f"Pareto front after generation {generation}"))
+        self._queue_local(name, lambda p: self._draw(
+            "plot_front", summary.get("front", []), p, history=earlier, title=f"Pareto front after generation {generation}"))
         return self.artifacts_dir / name
 
     def _queue_local(self, name: str, write: Callable[[Path], Any]) -> None:
         """Queue writing ``artifacts/<name>`` (by the background thread, or ``_finish``)."""
         with self._cv:
             self._local_jobs.append((name, write))
-            self._wake = True
-            self._cv.notify()
+            self._local_pending[name] = self._local_pending.get(name, 0) + 1
+            self._cv.notify_all()
+
+    def _start_workers(self, session: object) -> None:
+        """Start the plot processes (background thread; they import matplotlib meanwhile)."""
+        for _ in range(self.plot_processes):
+            if self._gone(session):
+                return
+            try:
+                worker = _PlotWorker()
+            except OSError as exc:
+                self._say(f"MLflow tracking: could not start a plot process ({_describe(exc)}); drawing in-process",
+                          warn=False)
+                return
+            with self._cv:
+                if self._gone(session):  # closed meanwhile: _stop_workers has run
+                    worker.close()
+                    return
+                self._workers.append(worker)
+            self._idle_workers.put(worker)
+
+    def _stop_workers(self) -> None:
+        """End the plot processes without waiting for them (each exits when its stdin
+        closes; a daemon thread reaps them)."""
+        with self._cv:
+            workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.close_input()
+        if workers:
+            threading.Thread(target=lambda: [w.close() for w in workers], name="certevo-plot-reaper",
+                             daemon=True).start()
+
+    def _draw(self, fn: str, *args: Any, **kwargs: Any) -> None:
+        """``plots.<fn>(*args, **kwargs)`` in an idle plot process, else in this thread (no
+        process idle, none started, or the one used died)."""
+        try:
+            worker = self._idle_workers.get_nowait()
+        except queue.Empty:
+            worker = None
+        if worker is not None:
+            try:
+                worker.call(fn, args, kwargs)
+                self._idle_workers.put(worker)
+                return
+            except _WorkerGone as exc:
+                self._say(f"MLflow tracking: a plot process failed ({exc}); drawing in-process", warn=False)
+                worker.close(timeout=1.0)
+            except Exception:
+                self._idle_workers.put(worker)
+                raise
+        getattr(plots, fn)(*args, **kwargs)
 
     def _run_local_jobs(self) -> None:
         """Write the queued local files (either thread may call this; each job runs once)."""
@@ -602,10 +766,15 @@ class MlflowTracker:
             try:
                 self._local(name, write)
             finally:
-                if threading.current_thread() is self._thread:
+                if threading.current_thread() is self._files_thread:
                     self.background_seconds += time.perf_counter() - start
                 with self._cv:
                     self._local_running -= 1
+                    left = self._local_pending.get(name, 1) - 1
+                    if left > 0:
+                        self._local_pending[name] = left
+                    else:
+                        self._local_pending.pop(name, None)
                     self._cv.notify_all()
 
     def _local(self, name: str, write: Callable[[Path], Any]) -> Path | None:
@@ -649,11 +818,23 @@ class MlflowTracker:
         return {k: v for k, v in metrics.items() if math.isfinite(v)}
 
     # -- the queue --------------------------------------------------------------------
-    def _submit(self, what: str, fn: Callable[[], None]) -> None:
+    def _submit(self, what: str, fn: Callable[[], None], needs: str | None = None) -> None:
         with self._cv:
-            self._ops.append(_Op(what, fn))
+            self._ops.append(_Op(what, fn, needs))
             self._wake = True
-            self._cv.notify()
+            self._cv.notify_all()
+
+    def _files_work(self, session: object) -> None:
+        """The files thread: write queued local files (pictures through the plot processes,
+        masks, the final files) as they are queued, beside the MLflow calls."""
+        cv = self._cv
+        while True:
+            with cv:
+                while not self._local_jobs and not self._closing and not self._gone(session):
+                    cv.wait()
+                if self._gone(session) or (self._closing and not self._local_jobs):
+                    return
+            self._run_local_jobs()
 
     def _gone(self, session: object) -> bool:
         """True once the session a background thread serves is over (given up, or the
@@ -664,6 +845,7 @@ class MlflowTracker:
         """The background thread: run queued calls whenever a hook queues work. When
         closing: go on while calls succeed; after a failed call retry with backoff until
         the deadline, then stop."""
+        self._start_workers(session)
         backoff = 0.25
         cv = self._cv
         while True:
@@ -685,14 +867,17 @@ class MlflowTracker:
     def _flush(self, session: object) -> bool:
         """Run queued calls in order until one fails transiently; True if the queue is empty."""
         while True:
-            self._run_local_jobs()  # a file queued with an upload is written before the upload
             with self._cv:
-                self._cv.wait_for(lambda: self._local_running == 0, timeout=30.0)
                 if self._gone(session):
                     return False
                 if not self._ops:
                     return True
                 op = self._ops[0]
+                if op.needs is not None:  # the file it uploads is written first (by the files thread)
+                    self._cv.wait_for(lambda: op.needs not in self._local_pending or self._gone(session),
+                                      timeout=PLOT_TIMEOUT)
+                    if self._gone(session):
+                        return False
             start = time.perf_counter()
             try:
                 op.fn()
@@ -727,10 +912,10 @@ class MlflowTracker:
                 self._closing = True
                 self._deadline = time.monotonic() + timeout
                 self._wake = True
-                self._cv.notify()
-            self._run_local_jobs()
-            with self._cv:  # a picture the background thread is drawing right now
-                self._cv.wait_for(lambda: self._local_running == 0, timeout=30.0)
+                self._cv.notify_all()
+            self._run_local_jobs()  # beside the files thread (each uses its own plot process)
+            with self._cv:  # a file the files thread is writing right now
+                self._cv.wait_for(lambda: not self._local_pending, timeout=PLOT_TIMEOUT)
             if thread is not None:
                 thread.join(timeout + progress_wait)
             with self._cv:
@@ -739,6 +924,9 @@ class MlflowTracker:
                 self._ops.clear()
             for op in left:
                 self.unlogged.append(f"{op.what}: {op.last_error or 'not attempted (an earlier call failed)'}")
+            if self._files_thread is not None:
+                self._files_thread.join(5.0)
+            self._stop_workers()
             if self.unlogged:
                 self._say(f"MLflow tracking: {len(self.unlogged)} item(s) could not be logged to {self.tracking_uri} "
                           f"(first: {self.unlogged[0]}); the run directory {self.run_dir} has everything "
@@ -883,6 +1071,9 @@ class MlflowTracker:
                 continue
             self._op_metrics(generation, self._generation_metrics(entry), stamp)
             png = self._front_png(entry)
+            name = png.relative_to(self.artifacts_dir).as_posix()
+            with self._cv:  # on_start queued the pictures a crash left undrawn
+                self._cv.wait_for(lambda: name not in self._local_pending, timeout=PLOT_TIMEOUT)
             if png.is_file():
                 client.log_artifact(run_id, str(png), "fronts")
             logged.add(generation)

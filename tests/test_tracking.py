@@ -533,3 +533,44 @@ def test_failures_are_classified_transient_or_permanent():
 def test_default_artifact_root_sits_next_to_a_sqlite_store(tmp_path):
     assert MlflowTracker._default_artifact_root(f"sqlite:///{tmp_path}/x.db") == (tmp_path / "mlruns").as_uri()
     assert MlflowTracker._default_artifact_root("http://127.0.0.1:5000") is None
+
+
+def test_pictures_survive_a_dead_plot_process(sqlite_run, tmp_path):
+    """Pictures are drawn by helper processes; if one dies, the tracker draws in-process."""
+    history = sqlite_run.search.state.history
+    search = SimpleNamespace(run_dir=tmp_path / "dead", config=tiny(), state=SimpleNamespace(history=history[:1]))
+    search.run_dir.mkdir()
+    tracker = MlflowTracker(sqlite_run.tracker.tracking_uri, experiment_name="certevo-dead-plotter")
+    tracker.on_start(search)
+    deadline = time.monotonic() + 60
+    while len(tracker._workers) < tracker.plot_processes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = list(tracker._workers)
+    assert len(workers) == 2
+    for worker in workers:
+        worker.proc.kill()
+        worker.proc.wait()
+    tracker._queue_front_png(history[1], history[:1])  # what on_generation queues
+    tracker.close()
+    for g in (0, 1):
+        assert (search.run_dir / "artifacts" / "fronts" / f"front_gen_{g:03d}.png").read_bytes()[:4] == b"\x89PNG"
+    assert tracker.unwritten == [] and tracker.unlogged == []
+    assert any("plot process failed" in m for m in tracker.messages)
+
+
+def test_plot_process_draws_a_lineage(sqlite_run, tmp_path):
+    from search.tracking import _PlotWorker
+
+    worker = _PlotWorker()
+    try:
+        state = sqlite_run.search.state
+        ids = [c.id for c in state.front()]
+        worker.call("plot_lineage", (state.lineage, ids, tmp_path / "lineage.png"), {})
+        worker.call("plot_history", (state.history, tmp_path / "history.png"), {})
+        with pytest.raises(RuntimeError, match="drawing failed in the plot process"):
+            worker.call("plot_history", ([{"generation": 0}], tmp_path / "bad.png"), {})
+    finally:
+        worker.close()
+    assert worker.proc.returncode == 0
+    assert (tmp_path / "lineage.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "history.png").read_bytes()[:4] == b"\x89PNG"
