@@ -22,7 +22,11 @@ def _runtime_env() -> dict[str, Any]:
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = False) -> dict[str, Any]:
     """Start a local Ray (``address`` None) or join a cluster (``auto``, ``HOST:PORT`` or
-    ``ray://HOST:PORT``); reuse an existing connection. Returns the cluster resources."""
+    ``ray://HOST:PORT``); reuse an existing connection. Returns the cluster resources.
+
+    With no address, ``RAY_ADDRESS`` (set e.g. inside ``ray job submit``) is honoured as
+    Ray does; otherwise a new local Ray starts even when a ``ray start`` cluster runs on
+    this machine (plain ``ray.init()`` would silently join the latest one)."""
     if ray.is_initialized():
         return ray.cluster_resources()
     kwargs: dict[str, Any] = {
@@ -30,8 +34,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
         "logging_level": logging.WARNING,
         "log_to_driver": True,
     }
+    if address is None and os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]
     if address is None:
-        kwargs.update(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
+        kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     else:
         kwargs.update(address=address, runtime_env=_runtime_env())

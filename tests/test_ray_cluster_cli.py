@@ -131,7 +131,10 @@ def cluster(tmp_path_factory):
     gcs, dashboard, client, agent = free_ports(4)
     # Not under tmp_path: Ray's Unix sockets live under --temp-dir, and pytest's deep
     # temporary paths plus Ray's session directory names come close to the 107-byte limit.
-    temp_dir = Path(tempfile.mkdtemp(prefix="certevo-ray-"))
+    tmp_root = Path(tempfile.mkdtemp(prefix="certevo-ray-"))
+    # <tmp_root>/ray is where Ray looks for "the latest `ray start` cluster" when RAY_TMPDIR=<tmp_root>.
+    temp_dir = tmp_root / "ray"
+    temp_dir.mkdir()
     c = Cluster(gcs, dashboard, client, secrets.token_hex(16), temp_dir)
     home = tmp_path_factory.mktemp("head-home")
     log = tmp_path_factory.mktemp("head-log") / "ray-start.log"
@@ -150,7 +153,7 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         _stop(proc)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(tmp_root, ignore_errors=True)
 
 
 def assert_complete_run(run_dir: Path, output: str) -> None:
@@ -297,11 +300,13 @@ def _is_loopback(address: str) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads listening sockets from /proc")
-def test_local_ray_keeps_the_dashboard_on_loopback_and_requires_a_token(tmp_path):
-    """What certevo's local Ray exposes. Ray's gRPC servers (GCS, raylet, object manager,
-    workers) listen on all interfaces whatever the node IP (Ray 2.60 has no setting for
-    that), so the guard is the token: the GCS on the node's address refuses a client
-    without it. The HTTP dashboard, which certevo starts on request, stays on 127.0.0.1."""
+def test_local_ray_is_new_keeps_the_dashboard_on_loopback_and_requires_a_token(cluster, tmp_path):
+    """The local Ray certevo starts without an address: a new one, not the `ray start`
+    cluster Ray would find in its default temp dir (here the module's cluster). Ray's gRPC
+    servers (GCS, raylet, object manager, workers) listen on all interfaces whatever the
+    node IP (Ray 2.60 has no setting for that), so the guard is the token: the GCS on the
+    node's address refuses a client without it. The HTTP dashboard, which certevo starts on
+    request, stays on 127.0.0.1."""
     script = """
 import json, os, sys
 import ray
@@ -316,7 +321,9 @@ ray.shutdown()
 """
     home = tmp_path / "home"
     home.mkdir()
-    driver = subprocess.Popen([sys.executable, "-c", script], env=clean_env(home), cwd=tmp_path, text=True,
+    assert (cluster.temp_dir / "ray_current_cluster").is_file()
+    env = clean_env(home, RAY_TMPDIR=str(cluster.temp_dir.parent))
+    driver = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               start_new_session=True)
     try:
@@ -324,6 +331,7 @@ ray.shutdown()
         line = driver.stdout.readline() if ready else ""
         assert line, driver.stderr.read()[-3000:] if driver.poll() is not None else "no output"
         info = json.loads(line)
+        assert not info["gcs"].endswith(f":{cluster.gcs_port}"), info
         assert info["auth_mode"] == "token"
         assert (home / ".ray" / "auth_token").is_file()  # Ray's generated token: in the test's HOME
         dashboard_host, dashboard_port = info["dashboard"].rsplit(":", 1)
