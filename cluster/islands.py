@@ -3,7 +3,8 @@
 An island is any object built by ``factory(*args)`` whose methods the driver calls (the
 search layer supplies the factory; this module knows nothing about strategies). It lives
 either in the driver (:class:`LocalIsland`) or in a Ray actor (:class:`ActorIsland`) that
-reserves no CPU, so islands never take evaluators' CPUs.
+reserves no CPU, so islands never take evaluators' CPUs, and that prefers the driver's
+node (soft affinity), so losing a worker node rarely costs an island.
 
 Restoring: the driver keeps, per island, the arguments that rebuild it from its last
 checkpointed state and the calls made since. If the actor dies (process killed, node
@@ -20,6 +21,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from population.errors import CertevoError
 
@@ -75,10 +77,10 @@ class ActorIsland:
         self._factory = factory
         self._args = args
         self._since: list[tuple[str, tuple]] = []
-        self._remote = ray.remote(IslandActor).options(num_cpus=0, max_restarts=0)
+        self._remote = ray.remote(IslandActor)
         self.name = name
         self.restarts = 0
-        self.actor = self._remote.remote(factory, args)
+        self.actor = self._new_actor()
 
     def submit(self, method: str, *args: Any) -> tuple[str, tuple, ray.ObjectRef]:
         """Start ``island.method(*args)`` in the actor; :meth:`result` waits for it."""
@@ -103,15 +105,28 @@ class ActorIsland:
         self._since = []
 
     def _restart(self) -> None:
-        self.restarts += 1
-        if self.restarts > MAX_RESTARTS:
-            raise IslandLost(
-                f"{self.name} died {self.restarts} times (limit {MAX_RESTARTS}); look at the Ray logs (`ray logs`) "
-                "for out-of-memory kills; the last checkpoint is intact: `certevo resume` continues from it"
-            )
-        self.actor = self._remote.remote(self._factory, self._args)
-        for method, args in self._since:
-            ray.get(self.actor.call.remote(method, args))
+        """A new actor from the last checkpoint, with the calls since replayed; tried
+        again if the new actor dies too (e.g. placed on a node that is going down)."""
+        while True:
+            self.restarts += 1
+            if self.restarts > MAX_RESTARTS:
+                raise IslandLost(
+                    f"{self.name} died {self.restarts} times (limit {MAX_RESTARTS}); look at the Ray logs "
+                    "(`ray logs`) for out-of-memory kills; the last checkpoint is intact: `certevo resume` "
+                    "continues from it"
+                )
+            self.actor = self._new_actor()
+            try:
+                for method, args in self._since:
+                    ray.get(self.actor.call.remote(method, args))
+                return
+            except RayActorError:
+                continue
+
+    def _new_actor(self) -> Any:
+        # Prefer the driver's node: an island there is lost only with the driver itself.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        return self._remote.options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote(self._factory, self._args)
 
     def shutdown(self) -> None:
         """Stop the actor."""

@@ -1,0 +1,110 @@
+"""Scenarios on a multi-node local Ray cluster (``ray.cluster_utils.Cluster``), each run in
+its own process by tests/test_multinode.py (the tests' shared Ray session stays apart).
+
+    python tests/multinode_scenarios.py node-loss RUN_DIR   -> one JSON line of findings
+    python tests/multinode_scenarios.py serve               -> prints the address; runs until stdin closes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import ray  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+
+WORKERS = 3
+
+
+def start_cluster() -> Cluster:
+    """A head node without CPUs (only the driver and islands live there) and three
+    one-CPU worker nodes, all on this machine."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    for _ in range(WORKERS):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    return cluster
+
+
+class Faults:
+    """Removes the worker node of a busy evaluator in generation 1, kills island 1 in
+    generation 2."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.removed_node: str | None = None
+        self.lost_task: str | None = None
+        self.island_killed = False
+
+    def on_start(self, search) -> None: ...
+    def on_generation(self, search, summary) -> None: ...
+    def on_end(self, search, summary) -> None: ...
+
+    def on_evaluation(self, search, result) -> None:
+        if self.removed_node is None and search.state.generation == 0 and search.pool.in_flight():
+            actor, task = search.pool.in_flight()[0]
+            node_id = ray._private.state.actors(actor._actor_id.hex())["Address"]["NodeID"]
+            node = next(n for n in self.cluster.worker_nodes if n.node_id == node_id)
+            self.cluster.remove_node(node, allow_graceful=False)
+            self.removed_node, self.lost_task = node_id, task.key
+        if not self.island_killed and search.state.generation == 1:
+            ray.kill(search.islands[1].actor, no_restart=True)
+            self.island_killed = True
+
+
+def node_loss(run_dir: Path) -> dict:
+    from search.loop import Search
+    from test_search import archive_view, front_view, tiny
+
+    cluster = start_cluster()
+    try:
+        ray.init(address=cluster.address)
+        settings = ["search.islands=2", "search.migration_interval=1", "search.migrants=1", "search.generations=2",
+                    "cluster.actors=2"]
+        faults = Faults(cluster)
+        faulty = Search.create(tiny(*settings), run_dir / "faulty", [faults])
+        faulty.run()
+        reference = Search.create(tiny(*settings), run_dir / "reference")
+        reference.run()
+        journal = (run_dir / "faulty" / "evaluations.jsonl").read_text().splitlines()
+        return {
+            "removed_node": faults.removed_node,
+            "lost_task": faults.lost_task,
+            "island_killed": faults.island_killed,
+            "replacements": faulty.pool.replacements,
+            "island_restarts": [i.restarts for i in faulty.islands],
+            "journal_ids": [json.loads(line)["id"] for line in journal],
+            "archive": archive_view(faulty),
+            "reference_archive": archive_view(reference),
+            "front": front_view(faulty.state),
+            "reference_front": front_view(reference.state),
+            "lost_task_ok": faulty.state.archive[faults.lost_task].record.ok if faults.lost_task else None,
+        }
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def serve() -> None:
+    cluster = start_cluster()
+    try:
+        print(cluster.address, flush=True)
+        sys.stdin.read()
+    finally:
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "node-loss":
+        print(json.dumps(node_loss(Path(sys.argv[2]))))
+    elif sys.argv[1] == "serve":
+        serve()
+    else:
+        raise SystemExit(f"unknown scenario {sys.argv[1]!r}; use node-loss or serve")
