@@ -43,7 +43,7 @@ from population.files import TMP_PREFIX
 STAGING_ENV = "CERTEVO_STAGING_DIR"
 CONFIG_FILE = "config.yaml"  # as in search.loop (not imported: the loop pulls in torch)
 MANIFEST = "checkpoint/state.json"
-_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)(://|::)")  # scheme://... or a chained fsspec URL a::b://...
 _SUPPORTED = ("a local path, file://, s3://, gs://, hdfs://, abfs:// (pyarrow) or any fsspec protocol "
               "(memory://, and e.g. s3:// via `pip install s3fs`, gs:// via `pip install gcsfs`)")
 
@@ -53,10 +53,10 @@ class StorageError(CertevoError):
 
 
 def is_remote(run_dir: str | os.PathLike) -> bool:
-    """Whether ``run_dir`` is a URI whose scheme is not ``file`` (local paths and
-    ``file://`` URIs are used in place)."""
+    """Whether ``run_dir`` is a URI other than ``file://`` (local paths and ``file://``
+    URIs are used in place)."""
     match = _URI.match(str(run_dir))
-    return bool(match) and match.group(1).lower() != "file"
+    return bool(match) and not (match.group(1).lower() == "file" and match.group(2) == "://")
 
 
 def staging_root() -> Path:
