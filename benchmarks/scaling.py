@@ -11,7 +11,7 @@ orchestration overhead, and how many finished evaluations per second the driver 
   results per second it can take in. At the default evaluation time T seconds, that many
   results per second sustain ``rate * T`` busy workers.
 
-    python benchmarks/scaling.py [--candidates 8] [--stub-tasks 2000]
+    python benchmarks/scaling.py [--candidates 24] [--stub-tasks 2000]
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def absorption(config, genome, tasks: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--candidates", type=int, default=24)
     parser.add_argument("--stub-tasks", type=int, default=2000)
     args = parser.parse_args()
     connect(num_cpus=2)
