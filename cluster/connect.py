@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
 
     With no address, ``RAY_ADDRESS`` (set e.g. inside ``ray job submit``) is honoured as
     Ray does; otherwise a new local Ray starts even when a ``ray start`` cluster runs on
-    this machine (plain ``ray.init()`` would silently join the latest one)."""
+    this machine (plain ``ray.init()`` would silently join the latest one). A local Ray
+    listens on 127.0.0.1 only (see :func:`_loopback_only`)."""
     if ray.is_initialized():
         return ray.cluster_resources()
     kwargs: dict[str, Any] = {
@@ -42,7 +45,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
     else:
         kwargs.update(address=address, runtime_env=_runtime_env())
     try:
-        ray.init(**kwargs)
+        if address is None or _is_loopback_only_ray(address):
+            with _loopback_only():
+                ray.init(**kwargs)
+        else:
+            ray.init(**kwargs)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError or its AuthenticationError
         if address is not None and _is_authentication_failure(exc):
             mode = os.environ.get("RAY_AUTH_MODE")
@@ -65,6 +72,64 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
             f"(`ray status`), or leave the address out to start a local Ray{hint}"
         ) from exc
     return ray.cluster_resources()
+
+
+# Ray's switch for "no multi-node cluster on this machine" (meant for macOS/Windows): with
+# it off, the node address is the loopback one and every Ray server binds 127.0.0.1.
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While a local Ray starts: its GCS, raylet, object manager, agents and workers listen on
+    127.0.0.1 instead of every interface (Ray 2.x has no bind-address setting for them).
+    The environment variable reaches the processes Ray spawns; the constant is what this
+    process's Ray reads at start-up. Both are put back afterwards."""
+    from ray._private import ray_constants
+
+    before_env = os.environ.get(_SINGLE_MACHINE_ENV)
+    before_flag = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[_SINGLE_MACHINE_ENV] = "0"
+    if before_flag is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if before_env is None:
+            os.environ.pop(_SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[_SINGLE_MACHINE_ENV] = before_env
+        if before_flag is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = before_flag
+
+
+def _is_loopback_only_ray(address: str) -> bool:
+    """Whether ``address`` is a Ray on this machine that listens on 127.0.0.1 only (a local
+    Ray certevo started): joining it needs the loopback mode too, or Ray would rewrite
+    127.0.0.1 to this machine's public address and find nothing there."""
+    import socket
+
+    host, _, port_text = address.rpartition(":")
+    if host not in ("127.0.0.1", "localhost") or not port_text.isdigit():
+        return False
+    port = int(port_text)
+
+    def accepts(ip: str) -> bool:
+        try:
+            with socket.create_connection((ip, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    if not accepts("127.0.0.1"):
+        return False
+    try:  # the address Ray would rewrite 127.0.0.1 to (the outgoing interface's)
+        from ray._private.services import node_ip_address_from_perspective
+
+        public = node_ip_address_from_perspective()
+    except Exception:
+        return False
+    return not public.startswith("127.") and not accepts(public)
 
 
 def _is_authentication_failure(exc: BaseException | None) -> bool:

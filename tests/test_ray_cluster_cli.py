@@ -300,13 +300,12 @@ def _is_loopback(address: str) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads listening sockets from /proc")
-def test_local_ray_is_new_keeps_the_dashboard_on_loopback_and_requires_a_token(cluster, tmp_path):
+def test_local_ray_is_new_listens_on_loopback_only_and_requires_a_token(cluster, tmp_path):
     """The local Ray certevo starts without an address: a new one, not the `ray start`
-    cluster Ray would find in its default temp dir (here the module's cluster). Ray's gRPC
-    servers (GCS, raylet, object manager, workers) listen on all interfaces whatever the
-    node IP (Ray 2.60 has no setting for that), so the guard is the token: the GCS on the
-    node's address refuses a client without it. The HTTP dashboard, which certevo starts on
-    request, stays on 127.0.0.1."""
+    cluster Ray would find in its default temp dir (here the module's cluster). Every socket
+    its processes listen on (GCS, raylet, object manager, agents, workers, the dashboard
+    started on request) is on 127.0.0.1, and its GCS still refuses a client without the
+    token."""
     script = """
 import json, os, sys
 import ray
@@ -340,6 +339,9 @@ ray.shutdown()
         assert listeners, "found no listening socket of the local Ray"
         on_dashboard_port = [address for _, address, port in listeners if port == int(dashboard_port)]
         assert on_dashboard_port and all(_is_loopback(a) for a in on_dashboard_port), on_dashboard_port
+        exposed = [entry for entry in listeners if not _is_loopback(entry[1])]
+        assert not exposed, f"the local Ray listens beyond 127.0.0.1: {exposed}"
+        assert info["gcs"].startswith("127.0.0.1:"), info
 
         refused = subprocess.run(
             [sys.executable, "-c", "import sys; from cluster.connect import connect; connect(sys.argv[1])",
