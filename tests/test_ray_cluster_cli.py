@@ -187,17 +187,12 @@ def test_ray_job_submit_runs_a_search_with_address_auto(cluster, tmp_path):
     assert_complete_run(run_dir, output)
 
 
-def test_launch_with_host_port(cluster, tmp_path):
+@pytest.mark.parametrize("form", ["host_port", "ray_client"])
+def test_launch_with_an_address(cluster, tmp_path, form):
+    address = (f"127.0.0.1:{cluster.gcs_port}" if form == "host_port"
+               else f"ray://127.0.0.1:{cluster.client_port}")
     run_dir = tmp_path / "run"
-    out = certevo("launch", "--address", f"127.0.0.1:{cluster.gcs_port}", "--run-dir", str(run_dir), *TINY,
-                  env=cluster.env(tmp_path), cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert_complete_run(run_dir, out.stderr)
-
-
-def test_launch_with_ray_client_address(cluster, tmp_path):
-    run_dir = tmp_path / "run"
-    out = certevo("launch", "--address", f"ray://127.0.0.1:{cluster.client_port}", "--run-dir", str(run_dir), *TINY,
+    out = certevo("launch", "--address", address, "--run-dir", str(run_dir), *TINY,
                   env=cluster.env(tmp_path), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert_complete_run(run_dir, out.stderr)
