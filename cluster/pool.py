@@ -34,12 +34,17 @@ class ClusterError(CertevoError):
 
 @dataclass(frozen=True)
 class EvaluationTask:
-    """One candidate to evaluate; ``key`` names it in results (the genome id)."""
+    """One candidate to evaluate; ``key`` names it in results (the genome id).
+
+    ``initial_weights`` (a parent's trained weights) replace the seeded init;
+    ``prior_epochs`` is the training they carry and ``inherited_from`` their candidate."""
 
     genome: Genome
     initial_weights: Mapping[str, torch.Tensor] | None = None
     epochs: int | None = None
     keep_weights: bool = False
+    prior_epochs: int = 0
+    inherited_from: str | None = None
 
     @property
     def key(self) -> str:
@@ -74,7 +79,8 @@ class EvaluatorActor:
         """Evaluate one task; returns (evaluation, worker name, seconds spent)."""
         start = time.perf_counter()
         evaluation = self.evaluator.evaluate(
-            task.genome, initial_weights=task.initial_weights, epochs=task.epochs, keep_weights=task.keep_weights
+            task.genome, initial_weights=task.initial_weights, epochs=task.epochs, keep_weights=task.keep_weights,
+            prior_epochs=task.prior_epochs, inherited_from=task.inherited_from,
         )
         return evaluation, self.name, time.perf_counter() - start
 

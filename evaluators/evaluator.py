@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -16,17 +16,20 @@ from evaluators.fitness import FitnessRecord
 from evaluators.lirpa_compat import AutoLirpaMissing
 from evaluators.models import ModelTemplate, activation_pattern_key
 from evaluators.settings import CertificationSettings, TrainingSettings
-from evaluators.training import TrainingDiverged, train_masked
+from evaluators.training import TrainingDiverged, dense_gradients, train_masked
 from population.genome import UNCERTIFIABLE_ACTIVATIONS, Genome
 from population.seeds import derive_seed
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A fitness record plus, when asked for, the trained weights (for inheritance)."""
+    """A fitness record plus, when asked for, the trained weights (the model's state dict)
+    and the absolute dense gradient of each prunable layer's weight (for guided,
+    Lamarckian variation: see population.guided_operators)."""
 
     record: FitnessRecord
     weights: dict[str, torch.Tensor] | None = None
+    gradients: dict[str, torch.Tensor] | None = None
 
 
 class CandidateEvaluator:
@@ -65,10 +68,16 @@ class CandidateEvaluator:
         initial_weights: Mapping[str, torch.Tensor] | None = None,
         epochs: int | None = None,
         keep_weights: bool = False,
+        prior_epochs: int = 0,
+        inherited_from: str | None = None,
     ) -> Evaluation:
         """Train and certify ``genome``; never raises for a bad candidate (the record says
         why it failed). ``initial_weights`` (e.g. a parent's) replace the seeded init and
-        are masked to ``genome``; ``epochs`` overrides the training length."""
+        are masked to ``genome``; training from them starts at the full eps (they are
+        already robustly trained: ramping eps up again from 0 would spend the short
+        training undoing that). ``epochs`` overrides the training length; ``prior_epochs``
+        (the training the initial weights carry) and ``inherited_from`` (their candidate)
+        go into the record. ``keep_weights`` returns the trained weights and gradients."""
         timings: dict[str, float] = {}
         epochs = epochs if epochs is not None else self.training.epochs
 
@@ -90,6 +99,8 @@ class CandidateEvaluator:
                 kstarts=values.get("kstarts"),
                 failure=failure,
                 extra=values.get("extra", {}),
+                total_epochs=prior_epochs + epochs,
+                inherited_from=inherited_from,
             )
 
         empty = genome.empty_layers()
@@ -127,8 +138,9 @@ class CandidateEvaluator:
         timings["trace"] = time.perf_counter() - start
 
         start = time.perf_counter()
+        settings = self.training if initial_weights is None else replace(self.training, ramp_fraction=0.0)
         kstarts = train_masked(
-            model, bounded, masks, self.data.train, self.training,
+            model, bounded, masks, self.data.train, settings,
             seed=derive_seed(self.seed, genome.id, "train"), num_classes=self.data.num_classes, epochs=epochs,
         )
         timings["train"] = time.perf_counter() - start
@@ -142,7 +154,15 @@ class CandidateEvaluator:
             num_classes=self.data.num_classes, seed=derive_seed(self.seed, genome.id, "attack"),
         )
         timings["certify"] = time.perf_counter() - start
-        weights = {k: v.detach().clone() for k, v in model.state_dict().items()} if keep_weights else None
+        weights = gradients = None
+        if keep_weights:
+            weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            start = time.perf_counter()
+            gradients = dense_gradients(
+                model, bounded, list(masks), self.data.train, settings,
+                seed=derive_seed(self.seed, genome.id, "gradients"), num_classes=self.data.num_classes,
+            )
+            timings["gradients"] = time.perf_counter() - start
         return Evaluation(
             record(
                 certified=result.certified_accuracy,
@@ -152,6 +172,7 @@ class CandidateEvaluator:
                 kstarts=kstarts.to_dict(),
             ),
             weights,
+            gradients,
         )
 
 

@@ -12,7 +12,9 @@ class FitnessRecord:
 
     ``failure`` is None for a successful evaluation, otherwise the reason (diverged
     training, an activation the verifier cannot bound, an empty layer...). A failed record
-    has certified and clean accuracy 0, so selection never prefers it.
+    has certified and clean accuracy 0, so selection never prefers it. ``epochs`` and
+    ``total_epochs`` say at which fidelity the record was measured: how long this
+    evaluation trained, and how much training its weights carry in all.
     """
 
     candidate_id: str
@@ -31,6 +33,11 @@ class FitnessRecord:
     kstarts: dict[str, float] | None = None
     failure: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Epochs of training behind the measured weights: this evaluation's ``epochs`` plus
+    #: those its parent's weights had (None: records written before inheritance existed).
+    total_epochs: int | None = None
+    #: The candidate whose trained weights this one started from (None: a fresh init).
+    inherited_from: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -63,6 +70,7 @@ class FitnessRecord:
         ]
         if self.pgd_accuracy is not None:
             lines.append(f"  PGD accuracy        {self.pgd_accuracy:8.2%}")
-        lines.append(f"  training            {self.train_method}, {self.epochs} epochs, eps={self.train_eps:g}")
+        carried = f" ({self.total_epochs} in all, from {self.inherited_from})" if self.inherited_from else ""
+        lines.append(f"  training            {self.train_method}, {self.epochs} epochs{carried}, eps={self.train_eps:g}")
         lines.append("  time                " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
         return "\n".join(lines)

@@ -139,3 +139,31 @@ def _loss(
             crown = margin_lower_bounds(bounded, x, y, eps, "crown-ibp", num_classes)
             lower = beta * crown + (1.0 - beta) * lower
     return kappa * natural + (1.0 - kappa) * _robust_loss(lower)
+
+
+def dense_gradients(
+    model: nn.Module,
+    bounded: object | None,
+    layer_names: list[str],
+    data: Split,
+    settings: TrainingSettings,
+    *,
+    seed: int,
+    num_classes: int,
+    samples: int = 512,
+) -> dict[str, torch.Tensor]:
+    """Absolute gradient of the training loss (full eps, final kappa) with respect to every
+    entry of each named layer's weight, pruned entries included: RigL's signal for which
+    pruned connections would help most if grown (Evci et al. 2020). Measured on
+    ``samples`` training images drawn with ``seed``; the model's weights are not changed."""
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randperm(len(data.y), generator=generator)[:samples]
+    x, y = data.x[index], data.y[index]
+    layers = dict(model.named_modules())
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    loss = _loss(model, bounded, x, y, settings.eps, 1.0, settings, num_classes, generator)
+    loss.backward()
+    gradients = {name: layers[name].weight.grad.detach().abs().clone() for name in layer_names}
+    model.zero_grad(set_to_none=True)
+    return gradients

@@ -127,6 +127,48 @@ def test_inherited_weights_are_masked_to_the_child(digits_small, small_mlp):
         torch.testing.assert_close(weight[mask_t], parent_weights[f"{name}.weight"][mask_t], rtol=0, atol=1e-6)
 
 
+def test_inherited_record_carries_its_fidelity_and_parent(digits_small, small_mlp):
+    parent = _sparse(small_mlp, 6, 0.5)
+    first = _evaluator(digits_small, small_mlp).evaluate(parent, keep_weights=True)
+    assert (first.record.epochs, first.record.total_epochs, first.record.inherited_from) == (3, 3, None)
+    child = _sparse(small_mlp, 7, 0.8)
+    second = _evaluator(digits_small, small_mlp).evaluate(
+        child, initial_weights=first.weights, epochs=2, prior_epochs=first.record.total_epochs,
+        inherited_from=parent.id, keep_weights=True,
+    )
+    assert (second.record.epochs, second.record.total_epochs, second.record.inherited_from) == (2, 5, parent.id)
+    assert "from " + parent.id in second.record.summary()
+
+
+def test_dense_gradients_cover_pruned_weights(digits_small, small_mlp):
+    """RigL's signal: the gradient of the loss at every entry, pruned ones included, so
+    growing can pick the pruned connections that would help most."""
+    genome = _sparse(small_mlp, 8, 0.9)
+    evaluation = _evaluator(digits_small, small_mlp).evaluate(genome, keep_weights=True)
+    assert set(evaluation.gradients) == set(genome.masks)
+    for name, mask in genome.masks.items():
+        gradient = evaluation.gradients[name]
+        assert gradient.shape == mask.shape and bool((gradient >= 0).all())
+        assert torch.count_nonzero(gradient[torch.tensor(~mask)]) > 0, name
+    assert _evaluator(digits_small, small_mlp).evaluate(genome).gradients is None
+
+
+def test_a_child_of_trained_weights_trains_at_full_eps_from_its_first_step(digits_small, small_mlp):
+    """No eps ramp for inherited weights: with kappa_final=1 (natural loss only) versus 0
+    (robust loss only), one epoch from the same weights must differ from its first step,
+    which a ramp starting at eps 0 (robust term weighted 0) would not allow."""
+    parent = _sparse(small_mlp, 9, 0.5)
+    weights = _evaluator(digits_small, small_mlp).evaluate(parent, keep_weights=True).weights
+    results = []
+    for kappa in (1.0, 0.0):
+        training = TrainingSettings(method="ibp", epochs=1, lr=1e-2, eps=0.05, kappa_final=kappa, batch_size=512,
+                                    ramp_fraction=1.0)
+        evaluation = _evaluator(digits_small, small_mlp, training).evaluate(parent, initial_weights=weights,
+                                                                            keep_weights=True)
+        results.append(evaluation.weights["fc0.weight"])
+    assert not torch.equal(results[0], results[1])
+
+
 # --------------------------------------------------------------------------- determinism
 
 
