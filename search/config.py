@@ -24,6 +24,7 @@ from population.allocation import ALLOCATIONS
 from population.genome import KNOWN_ACTIVATIONS
 
 STRATEGIES = ("nsga2", "coevolution")
+INITS = ("kstarts+prune", "kstarts")
 KSTART_SCORES = ("magnitude", "gradient", "combined", "certified")
 EXTRA_OBJECTIVES = ("clean_accuracy", "evaluation_time")
 
@@ -65,7 +66,15 @@ class GenomeSpace:
 
 @dataclass(frozen=True)
 class OperatorRates:
-    """Probabilities of the variation operators (see population.operators)."""
+    """Probabilities of the variation operators.
+
+    With weight inheritance (search.weight_inheritance, the default) a child has one
+    parent and gets exactly one guided mask operator (population.guided_operators:
+    sparsify, reallocate or regrow, equally likely; ``regrow_fraction`` is the share
+    regrown), then an activation mutation with probability ``activation``. Without it,
+    ``crossover``, ``prune_regrow``, ``density`` and ``density_step`` drive the random
+    operators of population.operators.
+    """
 
     crossover: float = 0.5
     prune_regrow: float = 0.5
@@ -92,8 +101,14 @@ class SearchSettings:
     kstarts: int = 2
     kstarts_score: str = "magnitude"
     rates: OperatorRates = field(default_factory=OperatorRates)
-    weight_inheritance: bool = False
+    #: Children start from their parent's trained weights (Lamarckian: training adds up
+    #: along a lineage) and their masks change by magnitude and gradient.
+    weight_inheritance: bool = True
+    #: Epochs of a child that starts from trained weights.
     inherit_epochs: int = 5
+    #: Generation 0: ``kstarts`` = K random masks per target sparsity; ``kstarts+prune``
+    #: adds the best least-sparse start pruned by magnitude to every other target sparsity.
+    init: str = "kstarts+prune"
     extra_objectives: tuple[str, ...] = ()
     seed: int = 0
     #: Populations evolving in parallel (search.islands); every migration_interval
@@ -113,6 +128,14 @@ class SearchSettings:
         if self.evaluation_budget is not None and (not isinstance(self.evaluation_budget, int) or self.evaluation_budget < 1):
             _fail("search.evaluation_budget", self.evaluation_budget, "must be a positive integer or null",
                   "e.g. 100, or null to stop after search.generations")
+        if self.init not in INITS:
+            _fail("search.init", self.init, "is not a way to start a search", f"use one of {', '.join(INITS)}")
+        if not isinstance(self.weight_inheritance, bool):
+            _fail("search.weight_inheritance", self.weight_inheritance, "must be true or false",
+                  "true: children start from their parent's trained weights")
+        if self.init == "kstarts+prune" and not self.weight_inheritance:
+            _fail("search.init", self.init, "prunes trained K-start weights, so it needs search.weight_inheritance: true",
+                  "set search.weight_inheritance: true, or use search.init: kstarts")
         if self.kstarts_score not in KSTART_SCORES:
             _fail("search.kstarts_score", self.kstarts_score, "is not a K-starts score",
                   f"use one of {', '.join(KSTART_SCORES)}")

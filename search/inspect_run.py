@@ -58,6 +58,9 @@ def candidate_row(state: SearchState, candidate: Candidate) -> dict[str, Any]:
         "operator": lineage.operator if lineage else None,
         "parents": list(lineage.parent_ids) if lineage else [],
         "failure": record.failure,
+        "epochs": record.epochs,
+        "total_epochs": record.total_epochs if record.total_epochs is not None else record.epochs,
+        "inherited_from": record.inherited_from,
     }
 
 

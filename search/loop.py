@@ -26,8 +26,8 @@ from population.seeds import derive_seed
 from search.config import SearchConfig, config_from_dict
 from search.islands import Island, initial_snapshots, offspring_counts
 from search.journal import EvaluationJournal
-from search.state import Candidate, SearchState, objectives
-from search.strategies import CoevolutionStrategy, Proposal, Strategy, make_strategy
+from search.state import Candidate, SearchState, objectives, split_trained, trained_arrays
+from search.strategies import PRUNED_START_ALLOCATIONS, CoevolutionStrategy, Proposal, Strategy, make_strategy
 
 CONFIG_FILE = "config.yaml"
 SPARSITY_LEVELS = (0.5, 0.9, 0.95, 0.99)
@@ -135,7 +135,7 @@ class Search:
     def planned_evaluations(self) -> int:
         """How many evaluations the whole search will run at most."""
         s = self.config.search
-        total = s.kstarts * len(self.config.genome.sparsities) + s.generations * s.population_size * s.islands
+        total = initial_evaluations(self.config) + s.generations * s.population_size * s.islands
         return min(total, s.evaluation_budget) if s.evaluation_budget is not None else total
 
     def _budget_left(self) -> int:
@@ -185,11 +185,13 @@ class Search:
     def _kstarts(self) -> None:
         proposals = self.strategy.kstart_proposals(self.state)
         self._evaluate(proposals, generation=0)
-        self.state.population = self.strategy.kstart_population(self.state, proposals)
+        pruned = self.strategy.pruned_proposals(self.state, proposals)
+        self._evaluate(pruned, generation=0)
+        self.state.population = self.strategy.kstart_population(self.state, proposals, pruned)
         if isinstance(self.strategy, CoevolutionStrategy):
             self.strategy.seed_activations(self.state)
         self.state.generation = 0
-        self._end_generation(len(proposals))
+        self._end_generation(len(proposals) + len(pruned))
 
     def _island_args(self, snapshot: dict[str, Any]) -> tuple:
         seen = [self.state.archive[i] for i in snapshot["seen"]]
@@ -245,12 +247,18 @@ class Search:
 
     def _task(self, proposal: Proposal) -> EvaluationTask:
         inherit = self.config.search.weight_inheritance
-        parent_weights = self.state.weights.get(proposal.inherit_from) if inherit and proposal.inherit_from else None
+        parent = proposal.inherit_from if inherit and proposal.inherit_from in self.state.weights else None
+        if parent is None:
+            return EvaluationTask(proposal.genome, keep_weights=inherit)
+        weights, _ = split_trained(self.state.weights[parent])
+        record = self.state.archive[parent].record
         return EvaluationTask(
             proposal.genome,
-            initial_weights={k: torch.from_numpy(v) for k, v in parent_weights.items()} if parent_weights else None,
-            epochs=self.config.search.inherit_epochs if parent_weights else None,
-            keep_weights=inherit,
+            initial_weights={k: torch.from_numpy(v) for k, v in weights.items()},
+            epochs=self.config.search.inherit_epochs,
+            keep_weights=True,
+            prior_epochs=record.total_epochs if record.total_epochs is not None else record.epochs,
+            inherited_from=parent,
         )
 
     def _evaluate(self, proposals: list[Proposal], generation: int) -> None:
@@ -270,7 +278,7 @@ class Search:
         for result in self.pool.run(tasks):
             evaluation = result.evaluation
             cid = result.task.key
-            arrays = {k: v.numpy() for k, v in evaluation.weights.items()} if evaluation.weights is not None else None
+            arrays = trained_arrays(evaluation.weights, evaluation.gradients)
             self.journal.append(evaluation.record, arrays)
             records[cid] = evaluation.record
             weights[cid] = arrays
@@ -327,13 +335,24 @@ class Search:
         return summary
 
 
-def _check_budget(config: SearchConfig) -> None:
+def initial_evaluations(config: SearchConfig) -> int:
+    """Evaluations of generation 0: the K-starts, plus (``search.init: kstarts+prune``) at
+    most two pruned starts per target sparsity above the lowest."""
     s = config.search
     starts = s.kstarts * len(config.genome.sparsities)
+    if s.init == "kstarts+prune":
+        starts += len(PRUNED_START_ALLOCATIONS) * (len(set(config.genome.sparsities)) - 1)
+    return starts
+
+
+def _check_budget(config: SearchConfig) -> None:
+    s = config.search
+    starts = initial_evaluations(config)
     if s.evaluation_budget is not None and s.evaluation_budget <= starts:
         raise ConfigError(
-            f"search.evaluation_budget is {s.evaluation_budget}, but the K-starts phase alone needs {starts} "
-            f"evaluations (search.kstarts x genome.sparsities); raise the budget above {starts} or lower search.kstarts"
+            f"search.evaluation_budget is {s.evaluation_budget}, but generation 0 alone needs up to {starts} "
+            f"evaluations (search.kstarts x genome.sparsities, plus pruned starts with search.init: kstarts+prune); "
+            f"raise the budget above {starts}, lower search.kstarts or set search.init: kstarts"
         )
 
 

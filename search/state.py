@@ -16,6 +16,26 @@ from population.selection import HV_REFERENCE_2D, hypervolume_2d, pareto_front
 
 STATE_FORMAT = "certevo-search-state/1"
 FAILED_OBJECTIVES = (-1.0, -1.0)
+#: Trained arrays of a candidate hold its state dict plus, under this prefix and the
+#: layer name, the absolute dense gradient of that layer's weight.
+GRADIENT_PREFIX = "grad/"
+
+
+def trained_arrays(weights: dict[str, Any] | None, gradients: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
+    """One dict of numpy arrays from an evaluation's weights and gradients (None: none kept)."""
+    if weights is None:
+        return None
+    arrays = {name: np.asarray(value.numpy() if hasattr(value, "numpy") else value) for name, value in weights.items()}
+    for name, value in (gradients or {}).items():
+        arrays[GRADIENT_PREFIX + name] = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+    return arrays
+
+
+def split_trained(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(state dict, gradients by layer)`` of a candidate's trained arrays."""
+    weights = {k: v for k, v in arrays.items() if not k.startswith(GRADIENT_PREFIX)}
+    gradients = {k[len(GRADIENT_PREFIX):]: v for k, v in arrays.items() if k.startswith(GRADIENT_PREFIX)}
+    return weights, gradients
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,13 @@ pattern of the current best collaborator (one of the two best-credited patterns,
 coin); the other half vary activation patterns and are evaluated with a mask drawn
 uniformly from the mask population's Pareto front.
 
+With weight inheritance (``search.weight_inheritance``, the default) a child starts from
+its parent's trained weights, so variation follows what the parent learned: one guided
+mask operator (population.guided_operators: sparsify, reallocate or regrow, equally
+likely) replaces the crossover and random mask operators, and ``search.init:
+kstarts+prune`` adds to generation 0 the best least-sparse K-start pruned by magnitude to
+every other target sparsity (ERK and global allocation).
+
 Credit assignment (co-evolution): a mask is scored by (its sparsity, the best certified
 accuracy of any evaluated pair it took part in); masks survive by NSGA-II on that. An
 activation pattern is scored by the hypervolume (reference (0, 0)) of the
@@ -27,13 +34,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from population.genome import Genome
+from population.guided_operators import magnitude_prune, reallocate, regrow, sparsify
 from population.kstarts import kstart_candidates, kstart_winners
 from population.operators import crossover_layerwise, crossover_uniform, mutate_activation, mutate_density, prune_regrow
 from population.selection import hypervolume_2d, nondominated_ranks, pareto_front, select_nsga2
 from search.config import SearchConfig
-from search.state import SearchState, objectives
+from search.state import SearchState, objectives, split_trained
 
 MAX_REDRAWS = 5
+PRUNED_START_ALLOCATIONS = ("erk", "global")
 
 
 @dataclass(frozen=True)
@@ -65,8 +74,37 @@ class Strategy:
         self._starts = starts
         return [Proposal(genome, (), "kstart") for _, genome in starts]
 
-    def kstart_population(self, state: SearchState, proposals: list[Proposal]) -> list[str]:
-        """The winning starts, by the configured K-starts score."""
+    def pruned_proposals(self, state: SearchState, kstarts: list[Proposal]) -> list[Proposal]:
+        """``search.init: kstarts+prune``: the K-start of the lowest target sparsity with the
+        best certified accuracy (ties: the earlier start), pruned by magnitude to every
+        other target sparsity, with ERK and with global allocation; each child starts from
+        the start's trained weights."""
+        if self.config.search.init != "kstarts+prune":
+            return []
+        lowest = min(self.config.genome.sparsities)
+        targets = {g.id: sparsity for sparsity, g in self._starts}
+        starts = [p.genome.id for p in kstarts if targets.get(p.genome.id) == lowest]
+        scored = [(state.archive[i].record.certified_accuracy, -k, i) for k, i in enumerate(starts)
+                  if state.archive[i].record.ok and i in state.weights]
+        if not scored:
+            return []
+        best = max(scored)[2]
+        magnitudes, _ = self._trained(state, best)
+        parent = state.archive[best].genome
+        out, seen = [], set(state.archive)
+        for sparsity in sorted(set(self.config.genome.sparsities)):
+            if sparsity <= lowest:
+                continue
+            for allocation in PRUNED_START_ALLOCATIONS:
+                child = magnitude_prune(parent, sparsity, allocation, state.rng, magnitudes)
+                if child.id not in seen:
+                    seen.add(child.id)
+                    out.append(Proposal(child, (best,), f"prune_{allocation}", inherit_from=best))
+        return out
+
+    def kstart_population(self, state: SearchState, proposals: list[Proposal], pruned: list[Proposal] = ()) -> list[str]:
+        """The winning starts, by the configured K-starts score; with pruned starts, the
+        population is NSGA-II's choice among the winners and the pruned starts."""
         starts = [(p.genome.sparsity, p.genome) for p in proposals]
         scores = {}
         for _, genome in starts:
@@ -77,7 +115,11 @@ class Strategy:
                 scores[genome.id] = record.certified_accuracy
             else:
                 scores[genome.id] = (record.kstarts or {}).get(self.config.search.kstarts_score, float("-inf"))
-        return [g.id for g in kstart_winners(starts, scores, self.config.search.population_size)]
+        winners = [g.id for g in kstart_winners(starts, scores, self.config.search.population_size)]
+        if not pruned:
+            return winners
+        pool = list(dict.fromkeys(winners + [p.genome.id for p in pruned]))
+        return select_nsga2(pool, self._objectives(state, pool), min(self.config.search.population_size, len(pool)))
 
     # -- variation ------------------------------------------------------------------
     def _objectives(self, state: SearchState, ids: list[str]) -> list[tuple[float, ...]]:
@@ -89,8 +131,29 @@ class Strategy:
             return ids[a] if ranks[a] < ranks[b] else ids[b]
         return ids[a] if rng.random() < 0.5 else ids[b]
 
+    def _trained(self, state: SearchState, cid: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """Magnitudes (the trained weights) and dense gradients of a candidate's layers."""
+        weights, gradients = split_trained(state.weights[cid])
+        magnitudes = {name: weights[f"{name}.weight"] for name in self.layer_shapes}
+        return magnitudes, (gradients if all(name in gradients for name in self.layer_shapes) else None)
+
+    def _guided(self, state: SearchState, parent: str) -> bool:
+        """True if a child of ``parent`` varies by its trained weights."""
+        return self.config.search.weight_inheritance and parent in state.weights
+
     def _mutate_masks(self, genome: Genome, state: SearchState, parent: str, rng: np.random.Generator) -> tuple[Genome, list[str]]:
         rates, space = self.config.search.rates, self.config.genome
+        if self._guided(state, parent):
+            magnitudes, gradients = self._trained(state, parent)
+            choice = int(rng.integers(3))
+            if choice == 0:
+                child, op = sparsify(genome, rng, magnitudes, max_sparsity=space.max_sparsity)
+                return child, [op]
+            if choice == 1:
+                child = reallocate(genome, rng, magnitudes, gradients)
+                if child is not None:
+                    return child, ["reallocate"]
+            return regrow(genome, rng, magnitudes, gradients, fraction=rates.regrow_fraction), ["regrow"]
         ops = []
         if rng.random() < rates.prune_regrow:
             weights = state.weights.get(parent)
@@ -128,7 +191,7 @@ class Nsga2Strategy(Strategy):
                 parents = (first,)
                 genome = state.archive[first].genome
                 ops = []
-                if rng.random() < rates.crossover:
+                if not self._guided(state, first) and rng.random() < rates.crossover:
                     second = self._tournament(ids, ranks, rng)
                     other = state.archive[second].genome
                     if rng.random() < 0.5:
@@ -216,7 +279,7 @@ class CoevolutionStrategy(Strategy):
                 if i < n_masks:
                     first = self._tournament(ids, ranks, rng)
                     genome, parents, ops = state.archive[first].genome, (first,), []
-                    if rng.random() < rates.crossover:
+                    if not self._guided(state, first) and rng.random() < rates.crossover:
                         second = self._tournament(ids, ranks, rng)
                         genome = crossover_layerwise(genome, state.archive[second].genome, rng)
                         parents, ops = (first, second), ["crossover_layerwise"]

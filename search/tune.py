@@ -21,23 +21,33 @@ import yaml
 from population.errors import ConfigError
 from population.seeds import derive_seed
 from search.config import OperatorRates, SearchConfig, config_from_dict
-from search.loop import Search, SearchObserver
+from search.loop import Search, SearchObserver, initial_evaluations
 
 STUDY_NAME = "certevo-tune"
 TUNE_FILE = "tune.yaml"
 
 
 def suggest_config(trial: optuna.Trial, base: SearchConfig, budget: int) -> SearchConfig:
-    """The base config with the tuned settings drawn for ``trial``: operator rates, K,
-    short-training epochs and learning rate, population size."""
-    rates = OperatorRates(
-        crossover=trial.suggest_float("rates.crossover", 0.0, 1.0),
-        prune_regrow=trial.suggest_float("rates.prune_regrow", 0.0, 1.0),
-        density=trial.suggest_float("rates.density", 0.0, 1.0),
-        activation=trial.suggest_float("rates.activation", 0.0, 1.0),
-        regrow_fraction=base.search.rates.regrow_fraction,
-        density_step=base.search.rates.density_step,
-    )
+    """The base config with the tuned settings drawn for ``trial``: the variation settings
+    the search uses (with weight inheritance: the activation rate, the regrown share and a
+    child's epochs; without: the operator rates), K, short-training epochs and learning
+    rate, population size."""
+    inherit = base.search.weight_inheritance
+    if inherit:
+        rates = replace(
+            base.search.rates,
+            activation=trial.suggest_float("rates.activation", 0.0, 1.0),
+            regrow_fraction=trial.suggest_float("rates.regrow_fraction", 0.02, 0.5, log=True),
+        )
+    else:
+        rates = OperatorRates(
+            crossover=trial.suggest_float("rates.crossover", 0.0, 1.0),
+            prune_regrow=trial.suggest_float("rates.prune_regrow", 0.0, 1.0),
+            density=trial.suggest_float("rates.density", 0.0, 1.0),
+            activation=trial.suggest_float("rates.activation", 0.0, 1.0),
+            regrow_fraction=base.search.rates.regrow_fraction,
+            density_step=base.search.rates.density_step,
+        )
     search = replace(
         base.search,
         rates=rates,
@@ -46,15 +56,18 @@ def suggest_config(trial: optuna.Trial, base: SearchConfig, budget: int) -> Sear
         evaluation_budget=budget,
         generations=10_000,
     )
+    if inherit:
+        search = replace(search, inherit_epochs=trial.suggest_int("inherit_epochs", 1, max(2, 2 * base.search.inherit_epochs)))
     training = replace(
         base.training,
         epochs=trial.suggest_int("training.epochs", 2, max(3, base.training.epochs)),
         lr=trial.suggest_float("training.lr", 1e-3, 2e-2, log=True),
     )
-    starts = search.kstarts * len(base.genome.sparsities)
+    config = replace(base, search=search, training=training)
+    starts = initial_evaluations(config)
     if budget <= starts:
-        raise optuna.TrialPruned(f"budget {budget} leaves nothing after {starts} K-starts")
-    return replace(base, search=search, training=training)
+        raise optuna.TrialPruned(f"budget {budget} leaves nothing after the {starts} evaluations of generation 0")
+    return config
 
 
 def storage(run_dir: Path) -> optuna.storages.JournalStorage:

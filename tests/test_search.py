@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 
@@ -30,6 +31,7 @@ TINY = [
     "search.population_size=4",
     "search.generations=3",
     "search.kstarts=2",
+    "search.inherit_epochs=1",
     "genome.sparsities=[0.5,0.9]",
     "cluster.actors=2",
 ]
@@ -65,12 +67,12 @@ def test_small_search_completes_and_improves_on_its_first_generation(reference_r
     for s0, a0 in first:  # every point of the first front is weakly dominated by the final front
         assert any(s >= s0 and a >= a0 for s, a in final)
     assert (reference_run.run_dir / "front.json").is_file()
-    assert len(reference_run.state.archive) == 4 + 3 * 4 - _duplicates(reference_run)
-
-
-def _duplicates(search) -> int:
-    made = sum(h["offspring"] for h in search.state.history)
-    return made - len(search.state.archive)
+    # 4 K-starts and 2 pruned starts, then 3 generations of 4 offspring, each of which
+    # brings at least one genome never seen before.
+    counts = [h["evaluations"] for h in history]
+    assert counts[0] == 6
+    assert all(0 < after - before <= 4 for before, after in zip(counts, counts[1:]))
+    assert counts[-1] == len(reference_run.state.archive)
 
 
 def test_every_candidate_is_evaluated_once_and_recorded_in_lineage(reference_run):
@@ -83,6 +85,74 @@ def test_every_candidate_is_evaluated_once_and_recorded_in_lineage(reference_run
         assert record.operator == "kstart" or record.parent_ids
         for parent in record.parent_ids:
             assert parent in reference_run.state.archive
+
+
+def _trained(run_dir: Path, cid: str) -> tuple[dict, dict]:
+    from search.journal import EvaluationJournal
+    from search.state import split_trained
+
+    weights, gradients = split_trained(EvaluationJournal(run_dir).weights(cid))
+    return {name: weights[f"{name}.weight"] for name in gradients}, gradients
+
+
+def test_children_start_from_their_parents_trained_weights(reference_run):
+    """Lamarckian inheritance: training adds up along a lineage, and each record says how
+    much training its weights carry."""
+    state = reference_run.state
+    for cid, candidate in state.archive.items():
+        record, lineage = candidate.record, state.lineage.get(cid)
+        if lineage.operator == "kstart":
+            assert (record.inherited_from, record.epochs, record.total_epochs) == (None, 2, 2)
+            continue
+        assert record.inherited_from == lineage.parent_ids[0]
+        parent = state.archive[record.inherited_from].record
+        assert (record.epochs, record.total_epochs) == (1, parent.total_epochs + 1)
+
+
+def test_pruned_starts_are_the_best_least_sparse_start_pruned_by_magnitude(reference_run):
+    from population.allocation import layer_kept_counts
+
+    state, run_dir = reference_run.state, reference_run.run_dir
+    starts = [cid for cid in state.archive if state.lineage.get(cid).operator == "kstart"
+              and abs(state.archive[cid].record.sparsity - 0.5) < 0.01]
+    best = max(starts, key=lambda cid: (state.archive[cid].record.certified_accuracy, -starts.index(cid)))
+    pruned = {state.lineage.get(cid).operator: cid for cid in state.archive
+              if state.lineage.get(cid).operator.startswith("prune_")}
+    assert sorted(pruned) == ["prune_erk", "prune_global"]
+    magnitudes, _ = _trained(run_dir, best)
+    parent = state.archive[best].genome
+    for operator, cid in pruned.items():
+        assert state.lineage.get(cid).parent_ids == (best,)
+        child = state.archive[cid].genome
+        assert child.kept_weights == child.total_weights - round(0.9 * child.total_weights)
+        if operator == "prune_erk":
+            assert {n: int(m.sum()) for n, m in child.masks.items()} == layer_kept_counts(
+                {n: m.shape for n, m in child.masks.items()}, 0.9, "erk")
+        for name, mask in child.masks.items():
+            assert (mask <= parent.masks[name]).all()
+            kept, dropped = np.abs(magnitudes[name][mask]), np.abs(magnitudes[name][parent.masks[name] & ~mask])
+            assert dropped.size == 0 or kept.min() >= dropped.max(), (operator, name)
+
+
+def test_guided_children_prune_small_weights_and_grow_large_gradients(reference_run):
+    """The search hands the parent's real trained weights and gradients to the guided
+    operators: a regrown child dropped its parent's smallest weights and grew the pruned
+    positions of largest gradient."""
+    state, run_dir = reference_run.state, reference_run.run_dir
+    regrown = [cid for cid in state.archive if state.lineage.get(cid).operator.startswith("regrow")]
+    assert regrown, "no regrow child in the reference run"
+    for cid in regrown:
+        parent_id = state.lineage.get(cid).parent_ids[0]
+        parent, child = state.archive[parent_id].genome, state.archive[cid].genome
+        magnitudes, gradients = _trained(run_dir, parent_id)
+        for name, mask in parent.masks.items():
+            new = child.masks[name]
+            assert int(new.sum()) == int(mask.sum())
+            dropped = np.abs(magnitudes[name][mask & ~new])
+            stayed = np.abs(magnitudes[name][mask & new])
+            grown, passed = gradients[name][~mask & new], gradients[name][~mask & ~new]
+            if dropped.size:
+                assert stayed.min() >= dropped.max() and grown.min() >= passed.max(), name
 
 
 def test_same_seed_same_archive(ray_session, reference_run, tmp_path):
@@ -191,15 +261,16 @@ def test_resume_with_a_changed_config_refuses(reference_run, tmp_path):
         Search.resume(run_dir)
 
 
-def test_weight_inheritance_is_deterministic(ray_session, tmp_path):
-    settings = ("search.weight_inheritance=true", "search.inherit_epochs=1", "search.generations=2")
+def test_search_without_inheritance_is_deterministic_and_trains_every_child_afresh(ray_session, tmp_path):
+    settings = ("search.weight_inheritance=false", "search.init=kstarts", "search.generations=2")
     first = Search.create(tiny(*settings), tmp_path / "a")
     first.run()
     second = Search.create(tiny(*settings), tmp_path / "b")
     second.run()
     assert archive_view(first) == archive_view(second)
-    inherited = [c for c in first.state.archive.values() if c.record.epochs == 1]
-    assert inherited, "no child trained from its parent's weights"
+    records = [c.record for c in first.state.archive.values()]
+    assert all(r.inherited_from is None and r.epochs == r.total_epochs == 2 for r in records)
+    assert not (first.run_dir / "weights").exists()
 
 
 def test_resume_of_something_else_refuses(tmp_path):
@@ -224,7 +295,8 @@ def test_coevolution_completes_with_a_front(ray_session, tmp_path):
 @pytest.mark.parametrize("score", ["magnitude", "certified"])
 def test_kstarts_picks_the_winners_its_score_says(ray_session, tmp_path, score):
     search = Search.create(
-        tiny("search.generations=0", "search.kstarts=3", "search.population_size=2", f"search.kstarts_score={score}"),
+        tiny("search.generations=0", "search.kstarts=3", "search.population_size=2", f"search.kstarts_score={score}",
+             "search.init=kstarts"),
         tmp_path / score,
     )
     search.run()
