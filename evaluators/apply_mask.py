@@ -63,10 +63,24 @@ def template_from_export(export: Export) -> MLPTemplate | CNNTemplate:
     return template
 
 
-def build_exported_model(export: Export, seed: int = 0) -> nn.Sequential:
-    """A freshly initialised model (deterministic in ``seed``) of the export's template
-    and activations, with every pruned weight an exact zero in its parameter."""
-    return template_from_export(export).build(export.genome, seed)
+def build_exported_model(export: Export, seed: int = 0, *, trained: bool = False) -> nn.Sequential:
+    """A model of the export's template and activations, with every pruned weight an
+    exact zero in its parameter: freshly initialised (deterministic in ``seed``), or, with
+    ``trained``, holding the export's trained weights."""
+    model = template_from_export(export).build(export.genome, seed)
+    if trained:
+        if export.trained_weights is None:
+            raise CheckpointError(
+                f"export {export.json_path} carries no trained weights; build it untrained, or export the candidate "
+                "again from a search with search.weight_inheritance: true"
+            )
+        state = {k: torch.from_numpy(v.copy()) for k, v in export.trained_weights.items()}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"export {export.json_path}: its trained weights do not fit its template ({exc}); "
+                                  "export the candidate again") from exc
+    return model
 
 
 def _module_names_with_weight(model: nn.Module) -> list[str]:

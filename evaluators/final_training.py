@@ -3,13 +3,17 @@
 The search scores each candidate with a *short* training and picks candidates on the
 *validation* split. The final training here:
 
-* trains the exported mask from a fresh seeded initialisation for many more epochs
-  (default :data:`DEFAULT_EPOCHS`) with the full eps schedule: optional clean warm-up
-  epochs (eps 0), then the robust phase, whose first ``ramp_fraction`` of steps (default
-  40 %) ramps eps from 0 to the training eps and the natural-loss weight kappa from 1 to
-  ``kappa_final`` (and, for CROWN-IBP, the CROWN share from 1 to 0); the rest trains at
-  full eps. Training is :func:`evaluators.training.train_masked`, so pruned weights stay
-  exact zeros;
+* starts from the export's trained weights when it carries them (``from_trained``, the
+  default then: the search's training accumulated along the candidate's lineage, and
+  fine-tuning keeps it) and otherwise from a fresh seeded initialisation;
+* from a fresh init, trains for many more epochs (default :data:`DEFAULT_EPOCHS`) with the
+  full eps schedule: optional clean warm-up epochs (eps 0), then the robust phase, whose
+  first ``ramp_fraction`` of steps (default 40 %) ramps eps from 0 to the training eps and
+  the natural-loss weight kappa from 1 to ``kappa_final`` (and, for CROWN-IBP, the CROWN
+  share from 1 to 0); the rest trains at full eps. From trained weights (already robust)
+  it fine-tunes at the full eps from the first step: no warm-up, no ramp (unless asked
+  for). Training is :func:`evaluators.training.train_masked`, so pruned weights stay exact
+  zeros;
 * trains on the train split **plus the validation split** by default
   (``use_validation=True``): validation was already used up for choosing the candidate,
   so it is not a fair test any more, and more data helps;
@@ -116,6 +120,8 @@ class FinalReport:
     settings: dict[str, Any]
     search_certified_accuracy: float | None = None
     notes: tuple[str, ...] = ()
+    #: "trained" (fine-tuned from the export's trained weights) or "scratch" (fresh init).
+    start: str = "scratch"
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,8 +133,9 @@ class FinalReport:
     def summary(self) -> str:
         """A few readable lines for a terminal."""
         crown = "n/a" if self.certified_accuracy_crown is None else f"{self.certified_accuracy_crown:8.2%}"
+        start = "fine-tuning the search's trained weights" if self.start == "trained" else "from a fresh init"
         lines = [
-            f"candidate {self.candidate_id}: final {self.method} training, {self.epochs} epochs, "
+            f"candidate {self.candidate_id}: final {self.method} training, {self.epochs} epochs {start}, "
             f"eps={self.train_eps:g}, {self.train_samples} training images",
             f"  sparsity (weights)     {self.sparsity:8.2%}",
             f"  clean accuracy         {self.clean_accuracy:8.2%}   (test split, {self.samples} images)",
@@ -271,8 +278,9 @@ def train_final(
     train_eps: float | None = None,
     lr: float | None = None,
     batch_size: int | None = None,
-    ramp_fraction: float = DEFAULT_RAMP_FRACTION,
+    ramp_fraction: float | None = None,
     warmup_epochs: int | None = None,
+    from_trained: bool | None = None,
     kappa_final: float | None = None,
     data_path: str | os.PathLike | None = None,
     seed: int = 0,
@@ -289,8 +297,11 @@ def train_final(
     Defaults come from the export: ``method``, ``lr``, ``batch_size``, ``kappa_final`` from
     the search's training settings (method falls back to the fitness record's, then
     ``"ibp"``); ``eps`` (certification) from the search's certification eps;
-    ``train_eps`` defaults to ``eps``. ``warmup_epochs`` (clean training, eps 0, counted in
-    ``epochs``) defaults to ``epochs // 20`` for robust methods and 0 for ``"clean"``.
+    ``train_eps`` defaults to ``eps``. ``from_trained`` starts from the export's trained
+    weights (default: when it has them; True without them is a ConfigError). ``warmup_epochs``
+    (clean training, eps 0, counted in ``epochs``) defaults to ``epochs // 20`` for robust
+    methods from a fresh init, else 0; ``ramp_fraction`` to :data:`DEFAULT_RAMP_FRACTION`
+    from a fresh init and 0 from trained weights.
     ``data_path`` overrides the recorded data location. Every random draw derives from
     (``seed``, candidate id). ``progress`` shows a rich progress bar on stderr; ``callback``
     receives an :class:`EpochProgress` after each epoch. Raises :class:`ConfigError` for
@@ -305,8 +316,18 @@ def train_final(
     train_eps = eps if train_eps is None else train_eps
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer; got {epochs!r}; e.g. 60")
+    if from_trained is None:
+        from_trained = export.trained_weights is not None
+    elif from_trained and export.trained_weights is None:
+        raise ConfigError(
+            f"export {export.json_path} carries no trained weights, so it cannot be fine-tuned (--from-trained); "
+            "train it from scratch (--from-scratch), or export it again from a search run with "
+            "search.weight_inheritance: true"
+        )
+    if ramp_fraction is None:
+        ramp_fraction = 0.0 if from_trained else DEFAULT_RAMP_FRACTION
     if warmup_epochs is None:
-        warmup_epochs = 0 if method == "clean" else epochs // 20
+        warmup_epochs = 0 if method == "clean" or from_trained else epochs // 20
     if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or not 0 <= warmup_epochs < epochs:
         raise ConfigError(
             f"warmup_epochs must be an integer in [0, epochs) = [0, {epochs}); got {warmup_epochs!r}; e.g. {epochs // 20}"
@@ -334,7 +355,7 @@ def train_final(
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    model = build_exported_model(export, derive_seed(seed, cid, "final-init"))
+    model = build_exported_model(export, derive_seed(seed, cid, "final-init"), trained=from_trained)
     bounded = bound_module(model, data.input_shape)
     masks = {name: torch.from_numpy(m.astype("float32")) for name, m in export.genome.masks.items()}
     timings["build"] = time.perf_counter() - start
@@ -410,6 +431,7 @@ def train_final(
             "epochs": epochs,
             "warmup_epochs": warmup_epochs,
             "seed": seed,
+            "start": "trained" if from_trained else "scratch",
             "pgd_steps_attack": pgd_steps,
             "pgd_restarts": pgd_restarts,
             "certify_batch_size": cert_batch,
@@ -417,6 +439,7 @@ def train_final(
         },
         search_certified_accuracy=None if search_certified is None else float(search_certified),
         notes=tuple(notes),
+        start="trained" if from_trained else "scratch",
         model=model,
     )
 

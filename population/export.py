@@ -2,8 +2,11 @@
 retrain and compare it, as ``<stem>.safetensors`` + ``<stem>.json``.
 
 ``<stem>.safetensors`` holds one ``uint8`` (0/1) array per prunable layer, keyed by the
-layer name of the model template (``fc0``, ``conv1``...); its safetensors header metadata
-names the format and the candidate. ``<stem>.json`` is the manifest::
+layer name of the model template (``fc0``, ``conv1``...), and, when the search kept them,
+the candidate's trained weights (its model's state dict, float32) keyed
+``weights/<parameter name>`` (``weights/fc0.weight``...): what ``certevo train
+--from-trained`` fine-tunes. Its safetensors header metadata names the format and the
+candidate. ``<stem>.json`` is the manifest::
 
     format            "certevo-export"
     format_version    1
@@ -21,6 +24,7 @@ names the format and the candidate. ``<stem>.json`` is the manifest::
     certevo_version   version of the certevo that wrote it ("unknown" if not installed)
     masks_file        name of the safetensors file (informational)
     masks_sha256      sha256 of the safetensors file's bytes
+    trained_weights   the parameter names of the trained weights in the file, or null
 
 plus any further JSON entries the writer passes (e.g. ``training`` and
 ``certification`` settings of the search, ``search_seed``, ``run_dir``).
@@ -41,7 +45,7 @@ import importlib.metadata
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +73,17 @@ COMPUTED_FIELDS = (
     "certevo_version",
     "masks_file",
     "masks_sha256",
+    "trained_weights",
 )
+#: Key prefix of the trained weights in the export's safetensors file.
+WEIGHTS_PREFIX = "weights/"
 
 __all__ = [
     "COMPUTED_FIELDS",
     "EXPORT_FORMAT",
     "EXPORT_FORMAT_VERSION",
     "REQUIRED_FIELDS",
+    "WEIGHTS_PREFIX",
     "Export",
     "certevo_version",
     "export_paths",
@@ -113,6 +121,8 @@ class Export:
     manifest: dict[str, Any]
     json_path: Path
     safetensors_path: Path
+    #: The candidate's trained weights (parameter name -> array), if the export has them.
+    trained_weights: dict[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
     @property
     def candidate_id(self) -> str:
@@ -196,21 +206,47 @@ def _check_fields(genome: Genome, fields: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _check_trained(genome: Genome, weights: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
+    """Trained weights as float32 arrays, refused unless every prunable layer's weight is
+    there, shaped like its mask and zero wherever the mask prunes."""
+    arrays = {str(k): np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in weights.items()}
+    for name, mask in genome.masks.items():
+        weight = arrays.get(f"{name}.weight")
+        if weight is None or weight.shape != mask.shape:
+            found = None if weight is None else list(weight.shape)
+            raise CheckpointError(f"{where}: trained weight {name}.weight is {found}, the mask is {list(mask.shape)}; "
+                                  "the weights belong to another candidate")
+        leaked = int(np.count_nonzero(weight[~mask]))
+        if leaked:
+            raise CheckpointError(f"{where}: {leaked} weights of layer {name} are non-zero where the mask prunes them; "
+                                  "the weights belong to another candidate or were changed")
+    return arrays
+
+
 def write_export(
-    path: str | os.PathLike, genome: Genome, manifest_fields: Mapping[str, Any]
+    path: str | os.PathLike,
+    genome: Genome,
+    manifest_fields: Mapping[str, Any],
+    trained_weights: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``genome`` and ``manifest_fields`` (see the module docstring; the entries in
     :data:`REQUIRED_FIELDS` are required) as an export at ``path`` (the stem, or either
-    file name). Creates the parent directory, replaces an existing export of that name.
-    Returns ``(json_path, safetensors_path)``."""
+    file name), with ``trained_weights`` (a state dict of numpy arrays or tensors, pruned
+    entries exactly zero) if given. Creates the parent directory, replaces an existing
+    export of that name. Returns ``(json_path, safetensors_path)``."""
     from safetensors.numpy import save as save_bytes
 
     if not isinstance(genome, Genome):
         raise ConfigError(f"write_export needs a population.genome.Genome; got {type(genome).__name__}")
     fields = _check_fields(genome, manifest_fields)
     json_path, tensor_path = export_paths(path)
+    arrays = genome.mask_arrays()
+    trained = None
+    if trained_weights is not None:
+        trained = _check_trained(genome, trained_weights, "write_export")
+        arrays.update({WEIGHTS_PREFIX + k: v for k, v in trained.items()})
     blob = save_bytes(
-        genome.mask_arrays(),
+        arrays,
         metadata={"format": EXPORT_FORMAT, "format_version": str(EXPORT_FORMAT_VERSION), "candidate_id": genome.id},
     )
     genome_manifest = genome.manifest()
@@ -229,6 +265,7 @@ def write_export(
         "certevo_version": certevo_version(),
         "masks_file": tensor_path.name,
         "masks_sha256": hashlib.sha256(blob).hexdigest(),
+        "trained_weights": sorted(trained) if trained is not None else None,
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(tensor_path, blob)
@@ -291,8 +328,9 @@ def read_export(path: str | os.PathLike) -> Export:
         arrays = load_bytes(blob)
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"export masks {tensor_path} cannot be read as safetensors ({exc}); {_FIX_DAMAGED}") from exc
+    masks = {k: np.asarray(v) for k, v in arrays.items() if not k.startswith(WEIGHTS_PREFIX)}
     try:
-        genome = Genome.from_parts(manifest["genome"], {k: np.asarray(v) for k, v in arrays.items()})
+        genome = Genome.from_parts(manifest["genome"], masks)
     except (CheckpointError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"export {json_path} does not describe its masks: {exc}; {_FIX_DAMAGED}") from exc
     if manifest.get("candidate_id") != genome.id:
@@ -300,4 +338,12 @@ def read_export(path: str | os.PathLike) -> Export:
             f"export {json_path} names candidate {manifest.get('candidate_id')!r} but its masks are "
             f"candidate {genome.id}; the manifest was edited; {_FIX_DAMAGED}"
         )
-    return Export(genome=genome, manifest=copy.deepcopy(manifest), json_path=json_path, safetensors_path=tensor_path)
+    trained = None
+    names = manifest.get("trained_weights")
+    if names is not None:
+        missing = [n for n in names if WEIGHTS_PREFIX + n not in arrays] if isinstance(names, list) else names
+        if missing:
+            raise CheckpointError(f"export {json_path} lists trained weights {missing} that {tensor_path.name} lacks; {_FIX_DAMAGED}")
+        trained = _check_trained(genome, {n: arrays[WEIGHTS_PREFIX + n] for n in names}, f"export {tensor_path}")
+    return Export(genome=genome, manifest=copy.deepcopy(manifest), json_path=json_path, safetensors_path=tensor_path,
+                  trained_weights=trained)

@@ -226,12 +226,13 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 def _rows_table(rows, title, table_type):
     table = table_type(title=title)
-    for col in ("id", "sparsity", "certified", "clean", "activations", "gen", "operator"):
-        table.add_column(col, justify="right" if col in ("sparsity", "certified", "clean", "gen") else "left")
+    numeric = ("sparsity", "certified", "clean", "epochs", "gen")
+    for col in ("id", "sparsity", "certified", "clean", "activations", "epochs", "gen", "operator"):
+        table.add_column(col, justify="right" if col in numeric else "left")
     for r in rows:
         acts = ",".join(a if isinstance(a, str) else "per-neuron" for a in r["activations"])
         table.add_row(r["id"], f"{r['sparsity']:.2%}", f"{r['certified_accuracy']:.2%}", f"{r['clean_accuracy']:.2%}",
-                      acts, str(r["generation"]), r["operator"] or "")
+                      acts, str(r["total_epochs"]), str(r["generation"]), r["operator"] or "")
     return table
 
 
@@ -284,6 +285,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--data-path", default=None, help="where the data set lives, if not where the search read it")
     p.add_argument("--seed", type=int, default=None)
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--from-trained", dest="from_trained", action="store_true", default=None,
+                       help="fine-tune the search's trained weights (the default when the export carries them)")
+    start.add_argument("--from-scratch", dest="from_trained", action="store_false",
+                       help="train the mask from a fresh init (full eps schedule)")
     p.add_argument("-o", "--output", default=None, help="output directory (default: next to the export)")
     p.add_argument("--force", action="store_true", help="overwrite an earlier report in the output directory")
     p.set_defaults(handler=_run_train)
@@ -294,12 +300,14 @@ def _run_train(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in {"epochs": args.epochs, "method": args.method, "eps": args.eps, "lr": args.lr,
                                    "batch_size": args.batch_size, "data_path": args.data_path,
-                                   "seed": args.seed}.items() if v is not None}
+                                   "seed": args.seed, "from_trained": args.from_trained}.items() if v is not None}
     report, out_dir = train_exported(args.file, args.output, overwrite=args.force, progress=True, **overrides)
     data = report.to_dict()
-    print(f"final training of {data.get('candidate_id')} ({data.get('method')}, {data.get('epochs')} epochs, "
+    start = "fine-tuned from the search's trained weights" if data.get("start") == "trained" else "from a fresh init"
+    print(f"final training of {data.get('candidate_id')} ({data.get('method')}, {data.get('epochs')} epochs {start}, "
           f"eps={data.get('eps')}) on the held-out test split ({data.get('samples')} samples):")
-    for key in ("sparsity", "clean_accuracy", "pgd_accuracy", "certified_accuracy_ibp", "certified_accuracy_crown"):
+    for key in ("sparsity", "clean_accuracy", "pgd_accuracy", "certified_accuracy_ibp", "certified_accuracy_crown",
+                "certified_accuracy"):
         value = data.get(key)
         if value is not None:
             print(f"  {key:26s} {value:8.2%}")

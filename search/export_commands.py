@@ -31,7 +31,8 @@ from population.errors import CheckpointError, ConfigError
 from population.export import Export, export_paths, read_export, write_export
 from search.config import SearchConfig
 from search.inspect_run import load_run, resolve_id
-from search.state import Candidate, SearchState
+from search.journal import EvaluationJournal
+from search.state import Candidate, SearchState, split_trained
 
 #: Input shapes of the data sets whose shape is fixed (others are read from the data).
 _KNOWN_INPUT_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "kmnist": (1, 28, 28)}
@@ -212,7 +213,9 @@ def export_candidate(
         "run_dir": str(Path(run_dir).resolve()),
         "run_generation": state.generation,
     }
-    return write_export(target, candidate.genome, fields)
+    arrays = state.weights.get(candidate.id) or EvaluationJournal(Path(run_dir)).weights(candidate.id)
+    trained = split_trained(arrays)[0] if arrays else None
+    return write_export(target, candidate.genome, fields, trained_weights=trained)
 
 
 # --------------------------------------------------------------------------- final training

@@ -20,7 +20,7 @@ TINY_CONFIG = {
     "training": {"epochs": 2, "batch_size": 32, "eps": 0.05},
     "certification": {"eps": 0.05},
     "genome": {"sparsities": [0.5, 0.9]},
-    "search": {"population_size": 4, "generations": 2, "kstarts": 2},
+    "search": {"population_size": 4, "generations": 2, "kstarts": 2, "inherit_epochs": 1},
     "cluster": {"actors": 2},
 }
 
@@ -69,13 +69,13 @@ def test_inspect_table_json_lineage_and_plot(launched, tmp_path):
     assert info["front"] and len(info["history"]) == 3
     by_cert = json.loads(run("inspect", str(launched), "--json", "--sort", "certified").stdout)["population"]
     assert [r["certified_accuracy"] for r in by_cert] == sorted(certified, reverse=True)
-    child = next(r for r in info["population"] + info["front"] if r["parents"]) if any(
-        r["parents"] for r in info["population"] + info["front"]) else None
-    if child is not None:
-        tree = json.loads(run("inspect", str(launched), "--json", "--lineage", child["id"][:10]).stdout)["lineage"]
-        assert tree["id"] == child["id"] and [p["id"] for p in tree["parents"]] == child["parents"]
-        text = run("inspect", str(launched), "--lineage", child["id"]).stdout
-        assert child["operator"] in text
+    # Generation 0 already has children (the pruned starts), so the population has one.
+    child = next(r for r in info["population"] + info["front"] if r["parents"])
+    assert child["inherited_from"] == child["parents"][0] and child["total_epochs"] > child["epochs"]
+    tree = json.loads(run("inspect", str(launched), "--json", "--lineage", child["id"][:10]).stdout)["lineage"]
+    assert tree["id"] == child["id"] and [p["id"] for p in tree["parents"]] == child["parents"]
+    text = run("inspect", str(launched), "--lineage", child["id"]).stdout
+    assert child["operator"] in text
     plot = tmp_path / "front.png"
     out = run("inspect", str(launched), "--plot", str(plot))
     assert out.returncode == 0, out.stderr
@@ -89,12 +89,18 @@ def test_export_then_train(launched, tmp_path):
     assert (tmp_path / "best.safetensors").is_file()
     front_ids = {r["id"] for r in json.loads((launched / "front.json").read_text())["front"]}
     assert manifest["candidate_id"] in front_ids
+    assert manifest["trained_weights"]  # the search's trained weights travel with the mask
     out = run("train", str(tmp_path / "best.json"), "--epochs", "2", "-o", str(tmp_path / "trained"))
     assert out.returncode == 0, out.stderr
+    assert "fine-tuned from the search's trained weights" in out.stdout
     report = json.loads((tmp_path / "trained" / "report.json").read_text())
     assert (tmp_path / "trained" / "weights.safetensors").is_file()
+    assert report["start"] == "trained"
     assert report["certified_accuracy_crown"] <= report["clean_accuracy"]
     assert abs(report["sparsity"] - manifest["sparsity"]) < 1e-12
+    out = run("train", str(tmp_path / "best.json"), "--epochs", "2", "--from-scratch", "-o", str(tmp_path / "fresh"))
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "fresh" / "report.json").read_text())["start"] == "scratch"
 
 
 def test_interrupted_launch_resumes(config_file, tmp_path):

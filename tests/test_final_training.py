@@ -36,17 +36,21 @@ CONFIG = SearchConfig(
 )
 
 
-@pytest.fixture(scope="module")
-def export_path(tmp_path_factory, digits_small):
-    """A run directory with one evaluated 80 %-sparse candidate, exported by id."""
+def _exported_run(root, digits_small, sparsity: float, seed: int, *, keep_weights: bool, **evaluate):
+    """A run directory holding one evaluated candidate (with its trained weights when
+    ``keep_weights``, as a search with weight inheritance keeps them), exported by id."""
+    from search.state import trained_arrays
+
     template = CONFIG.model.template(digits_small.input_shape, digits_small.num_classes)
-    genome = random_genome(template.layer_shapes(), ["relu", "relu"], 0.8, np.random.default_rng(2))
-    record = CONFIG.evaluation_spec().build(data=digits_small).evaluate(genome).record
+    genome = random_genome(template.layer_shapes(), ["relu", "relu"], sparsity, np.random.default_rng(seed))
+    evaluation = CONFIG.evaluation_spec().build(data=digits_small).evaluate(genome, keep_weights=keep_weights, **evaluate)
+    record = evaluation.record
     assert record.ok, record.failure
     state = SearchState(rng=np.random.default_rng(0), generation=0, population=[genome.id])
     state.add(Candidate(genome, record))
+    if keep_weights:
+        state.weights[genome.id] = trained_arrays(evaluation.weights, evaluation.gradients)
     state.lineage.add(LineageRecord(genome.id, (), "seed", 0, objectives(record), record.to_dict()))
-    root = tmp_path_factory.mktemp("final")
     run = root / "run"
     run.mkdir()
     config = replace(CONFIG, run_dir=str(run))
@@ -55,7 +59,13 @@ def export_path(tmp_path_factory, digits_small):
     data["config"] = config.to_dict()
     CheckpointStore(run / "checkpoint").save(data, arrays, 0)
     json_path, _ = export_candidate(run, root / "exports" / "best", candidate_id=genome.id)
-    return json_path
+    return json_path, evaluation
+
+
+@pytest.fixture(scope="module")
+def export_path(tmp_path_factory, digits_small):
+    """A run directory with one evaluated 80 %-sparse candidate, exported by id."""
+    return _exported_run(tmp_path_factory.mktemp("final"), digits_small, 0.8, 2, keep_weights=False)[0]
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +140,75 @@ def test_existing_report_and_unknown_settings_are_refused_before_training(traine
         train_exported(export_path, out_dir, epoch=3)
     with pytest.raises(ConfigError, match="warmup_epochs"):
         train_final(read_export(export_path), epochs=2, warmup_epochs=2)
+
+
+# --------------------------------------------------------------------------- from trained weights
+
+
+@pytest.fixture(scope="module")
+def trained_export(tmp_path_factory, digits_small):
+    """A 70 %-sparse candidate that kept its trained weights: the export carries them."""
+    return _exported_run(tmp_path_factory.mktemp("trained"), digits_small, 0.7, 4, keep_weights=True, epochs=6)
+
+
+def test_export_carries_the_trained_weights(trained_export):
+    json_path, evaluation = trained_export
+    export = read_export(json_path)
+    assert export.manifest["trained_weights"] == sorted(evaluation.weights)
+    for name, value in evaluation.weights.items():
+        np.testing.assert_array_equal(export.trained_weights[name], value.numpy())
+    model = build_exported_model(export, trained=True)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, evaluation.weights[name])
+
+
+def test_fine_tuning_starts_from_the_trained_weights(trained_export, digits_small):
+    """With a vanishing learning rate the fine-tuned network is the exported one: its test
+    certificate equals certifying the exported weights directly."""
+    from evaluators.bounds import bound_module
+    from evaluators.certification import certify
+
+    json_path, _ = trained_export
+    export = read_export(json_path)
+    report = train_final(export, epochs=1, lr=1e-12, pgd_steps=5, pgd_restarts=1)
+    assert report.start == "trained" and report.warmup_epochs == 0 and report.settings["ramp_fraction"] == 0.0
+    model = build_exported_model(export, trained=True)
+    settings = CertificationSettings(method="ibp", eps=0.05, ibp_first=False)
+    direct = certify(model, bound_module(model, digits_small.input_shape), digits_small.test, settings,
+                     num_classes=digits_small.num_classes, seed=0)
+    assert report.certified_accuracy_ibp == direct.certified_accuracy
+    fresh = build_exported_model(export, seed=1)
+    untrained = certify(fresh, bound_module(fresh, digits_small.input_shape), digits_small.test, settings,
+                        num_classes=digits_small.num_classes, seed=0)
+    assert report.certified_accuracy_ibp > untrained.certified_accuracy + 0.05  # it did start from trained weights
+
+
+def test_fine_tuned_accuracies_are_ordered_as_soundness_requires(trained_export):
+    json_path, _ = trained_export
+    report = train_final(read_export(json_path), epochs=4, pgd_steps=10, pgd_restarts=2)
+    assert report.start == "trained"
+    assert report.certified_accuracy <= report.pgd_accuracy <= report.clean_accuracy
+    assert max(report.certified_accuracy_ibp, report.certified_accuracy_crown or 0.0) <= report.certified_accuracy
+    sparsity, _ = report.sparsity, report.layer_sparsity
+    assert sparsity == read_export(json_path).genome.sparsity
+
+
+def test_start_is_chosen_and_refused_clearly(trained_export, export_path):
+    json_path, _ = trained_export
+    assert train_final(read_export(json_path), epochs=1, from_trained=False, pgd_steps=2).start == "scratch"
+    with pytest.raises(ConfigError, match="--from-scratch"):
+        train_final(read_export(export_path), epochs=1, from_trained=True)
+    assert train_final(read_export(export_path), epochs=1, pgd_steps=2).start == "scratch"
+
+
+def test_weights_that_leak_through_the_mask_are_refused(trained_export, tmp_path):
+    from population.errors import CheckpointError
+    from population.export import write_export
+
+    json_path, evaluation = trained_export
+    export = read_export(json_path)
+    leaky = {k: v.numpy().copy() for k, v in evaluation.weights.items()}
+    leaky["fc0.weight"][~export.genome.masks["fc0"]] = 0.5
+    fields = {k: export.manifest[k] for k in ("model", "fitness", "eps", "data", "config_digest", "lineage")}
+    with pytest.raises(CheckpointError, match="non-zero where the mask prunes"):
+        write_export(tmp_path / "leaky", export.genome, fields, trained_weights=leaky)
