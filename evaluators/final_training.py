@@ -341,6 +341,7 @@ def train_final(
         ramp_fraction=ramp_fraction,
         kappa_final=_setting(export, "training", "kappa_final", TrainingSettings.kappa_final) if kappa_final is None else kappa_final,
         pgd_steps=_setting(export, "training", "pgd_steps", TrainingSettings.pgd_steps),
+        lr_schedule=_setting(export, "training", "lr_schedule", TrainingSettings.lr_schedule),
     )
     cert_batch = certify_batch_size if certify_batch_size is not None else _setting(export, "certification", "batch_size", CertificationSettings.batch_size)
     ibp_settings = CertificationSettings(method="ibp", eps=eps, max_samples=max_test_samples, batch_size=cert_batch,

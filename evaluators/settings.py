@@ -9,6 +9,7 @@ from typing import Any
 from population.errors import ConfigError
 
 TRAINING_METHODS = ("clean", "pgd", "ibp", "crown-ibp")
+LR_SCHEDULES = ("constant", "cosine")
 CERTIFICATION_METHODS = ("ibp", "crown", "crown-optimized")
 
 
@@ -37,7 +38,9 @@ class TrainingSettings:
     ``eps`` is the L-inf radius on pixels scaled to [0, 1]. During the first
     ``ramp_fraction`` of the steps, eps grows linearly from 0 to ``eps``, the natural-loss
     weight kappa falls from 1 to ``kappa_final`` and (CROWN-IBP) the CROWN share beta falls
-    from 1 to 0, as in Zhang et al. (ICLR 2020).
+    from 1 to 0, as in Zhang et al. (ICLR 2020). ``lr_schedule``: ``constant``, or
+    ``cosine`` (decayed to 0 by the last step, so the trained weights are settled rather
+    than a point of a noisy trajectory).
     """
 
     method: str = "ibp"
@@ -48,8 +51,11 @@ class TrainingSettings:
     ramp_fraction: float = 0.5
     kappa_final: float = 0.5
     pgd_steps: int = 5
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
+        _require(self.lr_schedule in LR_SCHEDULES, "training.lr_schedule", self.lr_schedule,
+                 "is not a learning-rate schedule", f"use one of {', '.join(LR_SCHEDULES)}")
         _require(self.method in TRAINING_METHODS, "training.method", self.method,
                  "is not a training method", f"use one of {', '.join(TRAINING_METHODS)}")
         _positive_int("training.epochs", self.epochs, "e.g. 20 for a short training")

@@ -40,6 +40,13 @@ class KStartsScores:
         return asdict(self)
 
 
+def _learning_rate(settings: TrainingSettings, step: int, total: int) -> float:
+    """The step's learning rate: constant, or cosine-decayed from ``lr`` to 0 over the run."""
+    if settings.lr_schedule == "cosine" and total > 0:
+        return settings.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+    return settings.lr
+
+
 def _ramp(step: int, ramp_steps: int) -> float:
     return 1.0 if ramp_steps <= 0 else min(1.0, step / ramp_steps)
 
@@ -90,6 +97,8 @@ def train_masked(
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss became {loss.item()} at step {step} of {total} (lr {settings.lr})")
             optimizer.zero_grad(set_to_none=False)
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(settings, step, total)
             loss.backward()
             with torch.no_grad():
                 for weight, mask in masked:

@@ -128,3 +128,33 @@ def test_epochs_argument_overrides_the_settings(digits_small):
     two = train_masked(model, bounded, masks, digits_small.train, settings, seed=0, num_classes=10, epochs=2)
     # The gradient score sums over steps: twice the steps, clearly more of it.
     assert two.gradient > 1.5 * one.gradient
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_learning_rate_schedule(digits_small, schedule):
+    """Cosine decays the rate from lr towards 0 by the last step (settled weights);
+    constant keeps it. Read from the optimizer as it steps."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    _, model, bounded, masks = _setup("mlp", digits_small)
+    settings = TrainingSettings(method="ibp", epochs=2, batch_size=64, lr=1e-2, eps=0.05, lr_schedule=schedule)
+    rates: list[float] = []
+    handle = register_optimizer_step_post_hook(lambda opt, *_: rates.append(opt.param_groups[0]["lr"]))
+    try:
+        train_masked(model, bounded, masks, digits_small.train, settings, seed=0, num_classes=10)
+    finally:
+        handle.remove()
+    steps = 2 * math.ceil(len(digits_small.train.y) / 64)
+    assert len(rates) == steps and rates[0] == pytest.approx(1e-2)
+    if schedule == "constant":
+        assert set(rates) == {1e-2}
+    else:
+        assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 1e-2 * 0.05
+        assert rates[steps // 2] == pytest.approx(0.5e-2)  # half way: half the rate
+
+
+def test_unknown_schedule_is_refused_with_the_field():
+    from population.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="training.lr_schedule.*cosine"):
+        TrainingSettings(lr_schedule="step")
