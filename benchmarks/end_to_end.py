@@ -29,7 +29,7 @@ and levels, of certevo's mean minus the best baseline's mean, in points), ``mean
 (its average over MNIST's levels) and ``ratio`` (the smallest of certevo's mean over the
 best baseline's mean).
 
-    python benchmarks/end_to_end.py [--seeds 3] [--epochs 30] [--datasets mnist,digits]
+    python benchmarks/end_to_end.py [--seeds 3] [--first-seed 0] [--epochs 30] [--datasets mnist,digits]
 """
 
 from __future__ import annotations
@@ -287,7 +287,8 @@ def summarise(name: str, runs: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3; 1 for a quick run)")
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds (default 3; 1 for a quick run)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0): seeds are first..first+N-1")
     parser.add_argument("--epochs", type=int, default=30, help="final training epochs (default 30)")
     parser.add_argument("--datasets", default="mnist,digits")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -299,13 +300,14 @@ def main() -> None:
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="certevo-e2e-"))
     work.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(args.epochs, work)
-    figures: dict = {"seeds": args.seeds, "final_epochs": args.epochs}
+    figures: dict = {"seeds": list(range(args.first_seed, args.first_seed + args.seeds)), "final_epochs": args.epochs}
     margins, ratios = {}, []
     for name in args.datasets.split(","):
         if name == "mnist" and not MNIST_DIR.is_dir():
             print(f"(MNIST skipped: {MNIST_DIR} is not present)")
             continue
-        runs = [run_seed(name, datasets[name] + args.overrides, seed, trainer, work) for seed in range(args.seeds)]
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        runs = [run_seed(name, datasets[name] + args.overrides, seed, trainer, work) for seed in seeds]
         result = summarise(name, runs)
         margins[name] = result.pop(f"{name}_margins")
         ratios += [result[f"{name}_{level:g}_ratio"] for level in LEVELS]

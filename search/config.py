@@ -109,6 +109,11 @@ class SearchSettings:
     #: Generation 0: ``kstarts`` = K random masks per target sparsity; ``kstarts+prune``
     #: adds the best least-sparse start pruned by magnitude to every other target sparsity.
     init: str = "kstarts+prune"
+    #: Keep alive, and breed as if on the front, the best candidate between each pair of
+    #: consecutive target sparsities (genome.sparsities), so every level keeps a lineage.
+    #: Off by default: measured end to end (benchmarks/end_to_end.py, 3 seeds) it moved the
+    #: exported candidates to lower sparsity without raising their certified accuracy.
+    level_champions: bool = False
     extra_objectives: tuple[str, ...] = ()
     seed: int = 0
     #: Populations evolving in parallel (search.islands); every migration_interval
@@ -136,6 +141,9 @@ class SearchSettings:
         if self.init == "kstarts+prune" and not self.weight_inheritance:
             _fail("search.init", self.init, "prunes trained K-start weights, so it needs search.weight_inheritance: true",
                   "set search.weight_inheritance: true, or use search.init: kstarts")
+        if not isinstance(self.level_champions, bool):
+            _fail("search.level_champions", self.level_champions, "must be true or false",
+                  "true keeps the best candidate of every target-sparsity band alive")
         if self.kstarts_score not in KSTART_SCORES:
             _fail("search.kstarts_score", self.kstarts_score, "is not a K-starts score",
                   f"use one of {', '.join(KSTART_SCORES)}")

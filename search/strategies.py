@@ -178,11 +178,31 @@ class Strategy:
 class Nsga2Strategy(Strategy):
     """One population of full genomes, NSGA-II survival."""
 
+    def _champions(self, state: SearchState, ids: list[str]) -> list[str]:
+        """``search.level_champions``: per band between consecutive target sparsities
+        (genome.sparsities; the last band reaches 1), the member of ``ids`` with the best
+        certified accuracy (ties: the sparser, then the earlier)."""
+        if not self.config.search.level_champions:
+            return []
+        levels = sorted(set(self.config.genome.sparsities))
+        best: dict[int, tuple[float, float, int, str]] = {}
+        for order, cid in enumerate(ids):
+            record = state.archive[cid].record
+            band = sum(1 for level in levels if record.sparsity >= level - 1e-12) - 1
+            if record.ok and band >= 0:
+                key = (record.certified_accuracy, record.sparsity, -order, cid)
+                if band not in best or key > best[band]:
+                    best[band] = key
+        return [best[band][3] for band in sorted(best)]
+
     def offspring(self, state: SearchState, count: int) -> list[Proposal]:
-        """``count`` children of the current population (distinct, and new where possible)."""
+        """``count`` children of the current population (distinct, and new where possible);
+        level champions take part in tournaments as if on the front."""
         rng, rates = state.rng, self.config.search.rates
         ids = state.population
         ranks = nondominated_ranks(self._objectives(state, ids))
+        champions = set(self._champions(state, ids))
+        ranks = [0 if cid in champions else rank for cid, rank in zip(ids, ranks)]
         out: list[Proposal] = []
         taken = set(state.archive)
         for _ in range(count):
@@ -211,10 +231,13 @@ class Nsga2Strategy(Strategy):
         return out
 
     def select(self, state: SearchState, proposals: list[Proposal]) -> None:
-        """NSGA-II survival over parents + offspring."""
+        """NSGA-II survival over parents + offspring (level champions first, if kept)."""
         pool = list(dict.fromkeys(state.population + [p.genome.id for p in proposals]))
         size = min(self.config.search.population_size, len(pool))
-        state.population = select_nsga2(pool, self._objectives(state, pool), size)
+        champions = self._champions(state, pool)[:size]
+        rest = [cid for cid in pool if cid not in champions]
+        chosen = select_nsga2(rest, self._objectives(state, rest), size - len(champions)) if size > len(champions) else []
+        state.population = champions + chosen
 
 
 class CoevolutionStrategy(Strategy):

@@ -1,0 +1,69 @@
+"""Survival and parent choice of the nsga2 strategy on hand-made archives (no training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evaluators.fitness import FitnessRecord
+from population.genome import random_genome
+from search.config import load_config
+from search.state import Candidate, SearchState
+from search.strategies import Nsga2Strategy, Proposal
+
+SHAPES = {"fc0": (10, 20), "fc1": (4, 10)}
+
+
+def archive_state(points: list[tuple[float, float]]) -> tuple[SearchState, list[str]]:
+    """A state whose archive holds one candidate per (target sparsity, certified accuracy)."""
+    state = SearchState(rng=np.random.default_rng(0), generation=1)
+    ids = []
+    for k, (sparsity, certified) in enumerate(points):
+        genome = random_genome(SHAPES, ("relu",), sparsity, np.random.default_rng(k), "uniform")
+        record = FitnessRecord(genome.id, genome.sparsity, certified, certified, None, "ibp", "crown", 0.1, 0.1, 1,
+                               10, genome.layer_sparsity(), {})
+        state.add(Candidate(genome, record))
+        ids.append(genome.id)
+    return state, ids
+
+
+def strategy(*overrides: str) -> Nsga2Strategy:
+    config = load_config(None, ["genome.sparsities=[0.5,0.9,0.95]", "search.population_size=4", *overrides])
+    return Nsga2Strategy(config, SHAPES, 1)
+
+
+# Sparse candidates that dominate every denser one: NSGA-II alone would keep only sparse ones.
+POINTS = [(0.5, 0.60), (0.6, 0.62), (0.9, 0.64), (0.92, 0.70), (0.96, 0.72), (0.97, 0.71), (0.98, 0.73), (0.99, 0.74)]
+
+
+def test_level_champions_keep_a_lineage_at_every_target_sparsity():
+    state, ids = archive_state(POINTS)
+    offspring = [Proposal(state.archive[i].genome, (), "x") for i in ids]
+    strategy("search.level_champions=true").select(state, offspring)
+    best_per_band = [ids[1], ids[3], ids[7]]  # [0.5, 0.9), [0.9, 0.95), [0.95, 1]
+    assert state.population[:3] == best_per_band and len(state.population) == 4
+    state.population = []
+    strategy().select(state, offspring)
+    assert ids[1] not in state.population  # without champions the dense band dies out
+
+
+def test_level_champions_win_tournaments_like_front_members():
+    state, ids = archive_state(POINTS)
+    state.population = [ids[1], ids[7], ids[6], ids[5]]  # ids[1] is dominated but a champion
+    state.weights = {}
+    for flag, expect_dense in (("true", True), ("false", False)):
+        state.rng = np.random.default_rng(5)
+        children = strategy(f"search.level_champions={flag}", "search.weight_inheritance=false",
+                            "search.init=kstarts").offspring(state, 40)
+        from_dense = sum(ids[1] in c.parents for c in children)
+        assert (from_dense >= 8) == expect_dense, (flag, from_dense)
+
+
+@pytest.mark.parametrize("flag", ["true", "false"])
+def test_survival_is_deterministic(flag):
+    populations = []
+    for _ in range(2):
+        state, ids = archive_state(POINTS)
+        strategy(f"search.level_champions={flag}").select(state, [Proposal(state.archive[i].genome, (), "x") for i in ids])
+        populations.append(state.population)
+    assert populations[0] == populations[1]
