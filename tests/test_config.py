@@ -75,3 +75,26 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
     bad.write_text("search: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    "override, field, fix",
+    [
+        ("search.init=random", "search.init", "kstarts"),
+        ("search.weight_inheritance=maybe", "search.weight_inheritance", "true"),
+        ("search.level_champions=1", "search.level_champions", "true"),
+        ("training.lr_schedule=step", "training.lr_schedule", "cosine"),
+    ],
+)
+def test_search_and_training_choices_name_the_field_and_the_fix(override, field, fix):
+    with pytest.raises(ConfigError, match=field) as info:
+        load_config(None, [override])
+    assert fix in str(info.value) and override.split("=")[1] in str(info.value)
+
+
+def test_pruned_starts_need_inheritance():
+    with pytest.raises(ConfigError, match="search.init.*weight_inheritance: true"):
+        load_config(None, ["search.weight_inheritance=false"])
+    config = load_config(None, ["search.weight_inheritance=false", "search.init=kstarts"])
+    assert not config.search.weight_inheritance
+    assert load_config(None).search.weight_inheritance and load_config(None).search.init == "kstarts+prune"
