@@ -106,7 +106,9 @@ def test_export_then_train(launched, tmp_path):
 def test_interrupted_launch_resumes(config_file, tmp_path):
     run_dir = tmp_path / "interrupted"
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    proc = subprocess.Popen([certevo_exe(), "launch", str(config_file), "--run-dir", str(run_dir)], cwd=ROOT,
+    # Six generations: Ctrl-C after the first checkpoint must land while the search still runs.
+    proc = subprocess.Popen([certevo_exe(), "launch", str(config_file), "--run-dir", str(run_dir),
+                             "--set", "search.generations=6"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 300
     while time.time() < deadline and not (run_dir / "checkpoint" / "state.json").is_file():
@@ -116,12 +118,13 @@ def test_interrupted_launch_resumes(config_file, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "certevo resume" in err
+    assert not (run_dir / "front.json").exists()  # it stopped before the end
     out = run("resume", str(run_dir))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads((run_dir / "front.json").read_text())["generations"] == 2
-    out = run("resume", str(run_dir), "--generations", "3")
+    assert json.loads((run_dir / "front.json").read_text())["generations"] == 6
+    out = run("resume", str(run_dir), "--generations", "7")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads((run_dir / "front.json").read_text())["generations"] == 3
+    assert json.loads((run_dir / "front.json").read_text())["generations"] == 7
 
 
 def test_tune_runs_two_trials_then_resumes_to_a_third(config_file, tmp_path):
