@@ -109,7 +109,11 @@ def test_interrupted_launch_resumes(config_file, tmp_path):
     # Six generations: Ctrl-C after the first checkpoint must land while the search still runs.
     proc = subprocess.Popen([certevo_exe(), "launch", str(config_file), "--run-dir", str(run_dir),
                              "--set", "search.generations=6"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            # A shell without job control starts background jobs with SIGINT
+                            # ignored, and Python then never turns it into KeyboardInterrupt:
+                            # give the launch Ctrl-C as a terminal would.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and not (run_dir / "checkpoint" / "state.json").is_file():
         assert proc.poll() is None, proc.stderr.read()[-2000:]

@@ -180,7 +180,9 @@ def test_killed_driver_resumes_to_the_uninterrupted_result(ray_session, referenc
         "from search.loop import Search\n"
         "Search.create(load_config(None, %r), %r).run()\n"
     ) % (str(ROOT), TINY + [f"cluster.address={address}"], str(run_dir))
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True)
+    # SIGINT restored for the child: a shell without job control starts it ignored.
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     journal = run_dir / "evaluations.jsonl"
     deadline = time.time() + 240
     # Stop it in the middle of generation 2: after checkpoint 1, with some of 2 done.
