@@ -1,21 +1,34 @@
-"""Evaluations per minute of the default candidate: certevo's evaluator vs a naive loop.
+"""Evaluations per minute on ONE core: the batched path, today's one-at-a-time evaluator and
+the naive loop pinned to one thread, side by side in one run.
 
-Both run the same candidates (digits, the default MLP 64-64-64-10, random masks at 90 %
-sparsity, IBP short training, CROWN certification) on ONE core, side by side in one run:
+Every mode evaluates the same candidates with the search's default settings (IBP short
+training of 10 epochs at eps 0.1, CROWN certification after an IBP pass), each in its own
+subprocess pinned to one core with torch on one thread:
 
-* certevo: one CandidateEvaluator, torch pinned to 1 thread, traced bounded modules and
-  the loaded data reused across candidates;
-* naive: for every candidate the data is loaded again, auto_LiRPA traces the model
-  again, CROWN bounds every sample (no cheap IBP pass first), and torch keeps its default
-  thread count (one per core of the machine) although the process has one core.
+* batched: ``CandidateEvaluator.evaluate_batch`` (stacked training of up to the device's
+  default stack size, then auto_LiRPA certification per candidate), as an actor runs it;
+* one-at-a-time: the same evaluator with ``stacked=False``: auto_LiRPA bounds in the
+  training, traced modules and the data reused across candidates;
+* naive, pinned: for every candidate the data is loaded again, auto_LiRPA traces the model
+  again and CROWN bounds every sample (no IBP pass first); torch on one thread, so the
+  baseline is not crippled by thread oversubscription.
 
-A third run, the naive loop with torch pinned to one thread, separates what thread pinning
-buys (an oversubscribed OpenMP pool spin-waits on a single core) from what reuse buys.
-Each runs in its own subprocess, so thread settings cannot leak between them. The last
-line printed is one JSON object with every figure; ``ratio`` is certevo / naive (the
-issue's baseline) and ``ratio_vs_naive_1thread`` certevo / naive with one thread.
+Cases: digits (MLP 64-64, the default search), MNIST (../shared/data/mnist-t10k, subset
+5000, MLP 64-64) and the CNN template on MNIST (subset 2000; batched and one at a time,
+with where the time goes). Candidates are random ERK masks at the default target
+sparsities (0.5 to 0.98) with relu. Modes run ``--repeats`` times in alternating order;
+medians are reported with their spread. FLOPs are counted densely (a masked weight still
+costs its multiply): training (natural forward + IBP centre and radius, backward twice the
+forward), the IBP certification pass and the gradient pass; CROWN is not counted, so the
+achieved GFLOP/s are a lower bound. The machine's limit is a 1024x1024 fp32 matmul on the
+same core.
 
-    python benchmarks/evaluate.py [--candidates 4] [--epochs 20]
+    python benchmarks/evaluate.py [--candidates 32] [--repeats 3] [--device cpu|cuda]
+
+The last line is one JSON object: ``batched_evals_per_minute`` and
+``pinned_naive_evals_per_minute`` (digits) and ``ratio`` = the first over the second
+(target >= 6), ``mnist_ratio`` (target >= 3), every other figure, and whether the batched
+path's certified accuracies equal the one-at-a-time path's on the same candidates.
 """
 
 from __future__ import annotations
@@ -23,123 +36,205 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("naive", "naive-1thread", "certevo")
+sys.path.insert(0, str(ROOT))
+MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist-t10k"
+SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+CASES = {
+    "digits": {"data": {"name": "digits"}, "model": "mlp", "modes": ("batched", "one-at-a-time", "naive-pinned")},
+    "mnist": {"data": {"name": "mnist", "path": str(MNIST_DIR), "subset": 5000},
+              "model": "mlp", "modes": ("batched", "one-at-a-time", "naive-pinned")},
+    "mnist-cnn": {"data": {"name": "mnist", "path": str(MNIST_DIR), "subset": 2000},
+                  "model": "cnn", "modes": ("batched", "one-at-a-time")},
+}
 
 
-def _candidates(count: int, template, seed: int):
+def _setup(case: str):
+    from evaluators.data import load_dataset
+    from evaluators.models import make_template
+    from evaluators.settings import CertificationSettings, TrainingSettings
+
+    spec = CASES[case]
+    data = load_dataset(**spec["data"], seed=0)
+    template = make_template(spec["model"], data.input_shape, data.num_classes)
+    return data, template, TrainingSettings(method="ibp", epochs=10, eps=0.1), CertificationSettings(method="crown", eps=0.1)
+
+
+def _candidates(template, count: int):
     import numpy as np
 
     from population.genome import random_genome
     from population.seeds import derive_seed
 
-    activations = ["relu"] * len(template.hidden_sizes())
-    return [
-        random_genome(template.layer_shapes(), activations, 0.9, np.random.default_rng(derive_seed(seed, "bench", i)))
-        for i in range(count)
-    ]
+    acts = ["relu"] * len(template.hidden_sizes())
+    out = []
+    for i in range(count):
+        sparsity = SPARSITIES[i % len(SPARSITIES)]
+        rng = np.random.default_rng(derive_seed(0, "bench-evaluate", i))
+        out.append(random_genome(template.layer_shapes(), acts, sparsity, rng, allocation="erk"))
+    return out
 
 
-def _worker(mode: str, count: int, epochs: int, seed: int) -> dict:
-    # torch picks its default thread count (the machine's cores) when it is imported; the
-    # process is then given ONE core, as a Ray actor with num_cpus=1 or a CPU-limited
-    # container is. certevo pins torch to the cores it reserved; the naive loop does not.
+def dense_flops(template, data, training, certification_samples: int) -> float:
+    """FLOPs of one evaluation counted densely (see the module docstring)."""
+    import math
+
+    macs = 0
+    shape = data.input_shape
+    for name, weight in template.layer_shapes().items():
+        if name.startswith("conv"):
+            h, w = shape[1] // 2, shape[2] // 2
+            macs += weight[0] * weight[1] * weight[2] * weight[3] * h * w
+            shape = (weight[0], h, w)
+        else:
+            macs += weight[0] * weight[1]
+    per_sample_step = 2 * macs * 3 * 3  # natural + IBP centre + radius; backward = 2x forward
+    batches = math.ceil(len(data.train) / training.batch_size)
+    train = per_sample_step * batches * training.batch_size * training.epochs
+    certify = 2 * macs * 3 * certification_samples
+    gradients = per_sample_step * min(512, len(data.train))
+    return float(train + certify + gradients)
+
+
+def machine_gflops() -> float:
+    """fp32 matmul GFLOP/s of this core (1024x1024, best of 5)."""
     import torch
 
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        best = min(best, (time.perf_counter() - start) / 5)
+    return 2 * 1024**3 / best / 1e9
+
+
+def _worker(case: str, mode: str, count: int, device: str) -> dict:
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    import torch
 
-    from evaluators.data import load_dataset
-    from evaluators.evaluator import CandidateEvaluator
-    from evaluators.models import make_template
-    from evaluators.settings import CertificationSettings, TrainingSettings
+    torch.set_num_threads(1)
+    from evaluators.certification import certify  # noqa: F401  (imports auto_LiRPA before timing)
+    from evaluators.evaluator import CandidateEvaluator, EvaluationRequest
+    from evaluators.settings import CertificationSettings
 
-    training = TrainingSettings(method="ibp", epochs=epochs, eps=0.1)
-    certification = CertificationSettings(method="crown", eps=0.1)
-    data = load_dataset("digits", seed=seed)
-    template = make_template("mlp", data.input_shape, data.num_classes)
-    genomes = _candidates(count, template, seed)
-    # Warm-up outside the timed loop: first import of auto_LiRPA and torch's lazy init.
-    CandidateEvaluator(data, template, TrainingSettings(method="ibp", epochs=1), certification, seed=seed).evaluate(genomes[0])
+    data, template, training, certification = _setup(case)
+    genomes = _candidates(template, count)
+    requests = [EvaluationRequest(g, keep_weights=True) for g in genomes]
+    # Warm-up outside the timing: first import of auto_LiRPA, torch's lazy init, one trace.
+    CandidateEvaluator(data, template, training, certification, device=device).evaluate(genomes[0])
 
-    records = []
     start = time.perf_counter()
-    if mode == "naive-1thread":
-        torch.set_num_threads(1)
-    if mode == "certevo":
-        evaluator = CandidateEvaluator(data, template, training, certification, seed=seed, num_threads=1)
-        for genome in genomes:
-            records.append(evaluator.evaluate(genome).record)
-    else:  # both naive variants
-        for genome in genomes:
-            fresh = load_dataset("digits", seed=seed)
-            plain = CertificationSettings(method="crown", eps=0.1, ibp_first=False)
-            evaluator = CandidateEvaluator(fresh, template, training, plain, seed=seed, reuse_traced=False)
-            records.append(evaluator.evaluate(genome).record)
+    if mode == "batched":
+        evaluations = CandidateEvaluator(data, template, training, certification, device=device).evaluate_batch(requests)
+    elif mode == "one-at-a-time":
+        evaluator = CandidateEvaluator(data, template, training, certification, device=device, stacked=False)
+        evaluations = [evaluator.evaluate_batch([r])[0] for r in requests]
+    else:
+        plain = CertificationSettings(method="crown", eps=certification.eps, ibp_first=False)
+        evaluations = []
+        for request in requests:
+            fresh, template, _, _ = _setup(case)
+            evaluator = CandidateEvaluator(fresh, template, training, plain, reuse_traced=False, stacked=False)
+            evaluations.append(evaluator.evaluate_batch([request])[0])
     elapsed = time.perf_counter() - start
+    records = [e.record for e in evaluations]
     failures = [r.failure for r in records if not r.ok]
     if failures:
-        raise SystemExit(f"{mode}: evaluations failed: {failures}")
+        raise SystemExit(f"{case}/{mode}: evaluations failed: {failures[:2]}")
+    phases = {k: sum(r.timings.get(k, 0.0) for r in records) / elapsed for k in ("build", "trace", "train", "certify", "gradients")}
     return {
-        "mode": mode,
-        "threads": torch.get_num_threads(),
         "seconds": elapsed,
         "evaluations": len(records),
         "evals_per_minute": 60.0 * len(records) / elapsed,
-        "mean_certified_accuracy": sum(r.certified_accuracy for r in records) / len(records),
-        "trace_seconds": sum(r.timings["trace"] for r in records),
+        "certified": [r.certified_accuracy for r in records],
+        "time_shares": phases,
+        "flops": dense_flops(template, data, training, len(data.val)),
+        "machine_gflops": machine_gflops() if mode == "batched" else None,
     }
+
+
+def _run(case: str, mode: str, count: int, device: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", case, mode, "--candidates", str(count), "--device", device],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--candidates", type=int, default=4)
-    parser.add_argument("--naive-candidates", type=int, default=1,
-                        help="candidates for the default-threading naive loop (it is very slow)")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--candidates", type=int, default=32, help="candidates per mode and case")
+    parser.add_argument("--naive-candidates", type=int, default=8, help="candidates for the (slow) naive loop")
+    parser.add_argument("--cnn-candidates", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(_worker(args.worker, args.candidates, args.epochs, args.seed)))
+        print(json.dumps(_worker(*args.worker, args.candidates, args.device)))
         return
 
-    results = {}
-    for mode in MODES:
-        count = args.naive_candidates if mode == "naive" else args.candidates
-        print(f"running {mode} ({count} candidates)...", file=sys.stderr, flush=True)
-        out = subprocess.run(
-            [sys.executable, __file__, "--worker", mode, "--candidates", str(count),
-             "--epochs", str(args.epochs), "--seed", str(args.seed)],
-            check=True, capture_output=True, text=True, cwd=ROOT,
-        )
-        results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-    ours, naive, naive1 = results["certevo"], results["naive"], results["naive-1thread"]
-    ratio = ours["evals_per_minute"] / naive["evals_per_minute"]
-    ratio_one_thread = ours["evals_per_minute"] / naive1["evals_per_minute"]
-    for label, res in (("naive loop", naive), ("naive, 1 thread", naive1), ("certevo", ours)):
-        print(f"{label:16s}: {res['evals_per_minute']:7.2f} evaluations/min ({res['evaluations']} candidates, "
-              f"{res['threads']} torch thread(s) on 1 core, {res['trace_seconds']:.2f}s tracing)")
-    print(f"ratio vs the naive loop          : {ratio:.2f}x (target >= 1.5x)")
-    print(f"ratio vs the naive loop, 1 thread: {ratio_one_thread:.2f}x (reuse and IBP-first alone)")
-    print(json.dumps({
-        "certevo_evals_per_minute": ours["evals_per_minute"],
-        "naive_evals_per_minute": naive["evals_per_minute"],
-        "naive_1thread_evals_per_minute": naive1["evals_per_minute"],
-        "certevo_threads": ours["threads"],
-        "naive_threads": naive["threads"],
-        "candidates": args.candidates,
-        "naive_candidates": args.naive_candidates,
-        "epochs": args.epochs,
-        "certevo_mean_certified_accuracy": ours["mean_certified_accuracy"],
-        "naive_1thread_mean_certified_accuracy": naive1["mean_certified_accuracy"],
-        "ratio_vs_naive_1thread": ratio_one_thread,
-        "ratio": ratio,
-    }))
+    figures: dict[str, object] = {"device": args.device, "repeats": args.repeats}
+    for case in args.cases.split(","):
+        if case.startswith("mnist") and not MNIST_DIR.is_dir():
+            print(f"skipping {case}: {MNIST_DIR} not found", file=sys.stderr)
+            continue
+        modes = CASES[case]["modes"]
+        runs: dict[str, list[dict]] = {m: [] for m in modes}
+        for repeat in range(args.repeats):
+            order = modes if repeat % 2 == 0 else tuple(reversed(modes))
+            for mode in order:
+                count = args.naive_candidates if mode == "naive-pinned" else (
+                    args.cnn_candidates if case == "mnist-cnn" else args.candidates)
+                print(f"[{case}] repeat {repeat + 1}/{args.repeats}: {mode} ({count} candidates)...", file=sys.stderr, flush=True)
+                runs[mode].append(_run(case, mode, count, args.device))
+        print(f"\n{case}: evaluations/min on one core (median of {args.repeats}, min-max)")
+        rates = {}
+        for mode in modes:
+            values = [r["evals_per_minute"] for r in runs[mode]]
+            rates[mode] = statistics.median(values)
+            flops = runs[mode][0]["flops"]
+            gflops = rates[mode] / 60 * flops / 1e9
+            shares = runs[mode][0]["time_shares"]
+            where = ", ".join(f"{k} {v:.0%}" for k, v in shares.items() if v >= 0.005)
+            print(f"  {mode:14s} {rates[mode]:7.1f}  ({min(values):.1f}-{max(values):.1f})  "
+                  f"{gflops:5.2f} GFLOP/s achieved; time: {where}")
+            key = {"batched": "batched", "one-at-a-time": "one_at_a_time", "naive-pinned": "pinned_naive"}[mode]
+            prefix = "" if case == "digits" else case.replace("-", "_") + "_"
+            figures[f"{prefix}{key}_evals_per_minute"] = rates[mode]
+            figures[f"{prefix}{key}_gflops"] = gflops
+            figures[f"{prefix}{key}_time_shares"] = shares
+        prefix = "" if case == "digits" else case.replace("-", "_") + "_"
+        limit = statistics.median(r["machine_gflops"] for r in runs["batched"])
+        flops = runs["batched"][0]["flops"]
+        figures[f"{prefix}flops_per_evaluation"] = flops
+        figures[f"{prefix}machine_gflops"] = limit
+        print(f"  estimated {flops / 1e9:.2f} GFLOP per evaluation; this core's fp32 matmul limit {limit:.0f} GFLOP/s")
+        batched = runs["batched"][0]["certified"]
+        single = runs["one-at-a-time"][0]["certified"]
+        difference = max(abs(a - b) for a, b in zip(batched, single))
+        figures[f"{prefix}certified_equal"] = batched == single
+        figures[f"{prefix}max_certified_difference"] = difference
+        print(f"  certified accuracy, batched vs one at a time on the same {len(batched)} candidates: "
+              f"{'equal' if batched == single else f'max difference {difference:.4f}'}")
+        if "naive-pinned" in rates:
+            ratio = rates["batched"] / rates["naive-pinned"]
+            figures[f"{prefix}ratio"] = ratio
+            figures[f"{prefix}ratio_vs_one_at_a_time"] = rates["batched"] / rates["one-at-a-time"]
+            print(f"  batched / pinned naive: {ratio:.2f}x   batched / one at a time: {rates['batched'] / rates['one-at-a-time']:.2f}x")
+        else:
+            figures[f"{prefix}ratio_vs_one_at_a_time"] = rates["batched"] / rates["one-at-a-time"]
+            print(f"  batched / one at a time: {rates['batched'] / rates['one-at-a-time']:.2f}x")
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

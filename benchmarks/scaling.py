@@ -43,14 +43,14 @@ from search.journal import EvaluationJournal  # noqa: E402
 class StubActor:
     """Same interface as EvaluatorActor; every evaluation returns immediately."""
 
-    def __init__(self, spec, threads: int) -> None:
+    def __init__(self, spec, threads: int, device: str = "cpu", stack_size: int | None = None) -> None:
         self.name = "stub"
 
     def ready(self) -> str:
         return self.name
 
-    def evaluate(self, task: EvaluationTask):
-        return _failed(task, "stub"), self.name, 0.0
+    def evaluate_batch(self, tasks: list[EvaluationTask]):
+        return [_failed(task, "stub") for task in tasks], self.name, 0.0
 
 
 def candidates(config, count: int):

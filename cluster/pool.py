@@ -1,14 +1,15 @@
 """Evaluator actors and the pool that keeps them busy.
 
-Each actor reserves ``cpus_per_actor`` CPUs and pins torch to that many threads. The pool
-hands a task to an actor as soon as it is free (no fixed assignment), so a slow candidate
-never holds others up. If an actor dies (process killed, node lost), its in-flight task
-goes back to the queue and runs on another actor, and a replacement actor is started.
-Every task yields exactly one result.
+Each actor reserves ``cpus_per_actor`` CPUs (and GPUs on a GPU device) and pins torch to
+that many threads. The pool hands a batch of tasks to an actor as soon as it is free (no
+fixed assignment), so a slow batch never holds others up. If an actor dies (process
+killed, node lost), its in-flight batch goes back to the queue and runs on another actor,
+and a replacement actor is started. Every task yields exactly one result.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
@@ -20,7 +21,8 @@ import ray
 import torch
 from ray.exceptions import RayActorError, RayTaskError
 
-from evaluators.evaluator import Evaluation
+from evaluators.device import DEFAULT_STACK_SIZE
+from evaluators.evaluator import Evaluation, EvaluationRequest
 from evaluators.fitness import FitnessRecord
 from evaluators.lirpa_compat import AutoLirpaMissing
 from evaluators.spec import EvaluationSpec
@@ -32,24 +34,8 @@ class ClusterError(CertevoError):
     """The pool cannot go on (e.g. actors keep dying)."""
 
 
-@dataclass(frozen=True)
-class EvaluationTask:
-    """One candidate to evaluate; ``key`` names it in results (the genome id).
-
-    ``initial_weights`` (a parent's trained weights) replace the seeded init;
-    ``prior_epochs`` is the training they carry and ``inherited_from`` their candidate."""
-
-    genome: Genome
-    initial_weights: Mapping[str, torch.Tensor] | None = None
-    epochs: int | None = None
-    keep_weights: bool = False
-    prior_epochs: int = 0
-    inherited_from: str | None = None
-
-    @property
-    def key(self) -> str:
-        """The candidate id."""
-        return self.genome.id
+#: One candidate to evaluate (the evaluators' request: genome, inherited weights, epochs...).
+EvaluationTask = EvaluationRequest
 
 
 @dataclass(frozen=True)
@@ -64,25 +50,24 @@ class TaskResult:
 
 
 class EvaluatorActor:
-    """A Ray actor holding one CandidateEvaluator (data loaded once, traced modules reused)."""
+    """A Ray actor holding one CandidateEvaluator (data loaded once, traced modules reused)
+    on ``device`` ("cpu" or "cuda")."""
 
-    def __init__(self, spec: EvaluationSpec, threads: int) -> None:
+    def __init__(self, spec: EvaluationSpec, threads: int, device: str = "cpu", stack_size: int | None = None) -> None:
         torch.set_num_threads(threads)
-        self.evaluator = spec.build(num_threads=threads)
+        self.evaluator = spec.build(num_threads=threads, device=device, stack_size=stack_size)
         self.name = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
 
     def ready(self) -> str:
         """The actor's name, once it can take work."""
         return self.name
 
-    def evaluate(self, task: EvaluationTask) -> tuple[Evaluation, str, float]:
-        """Evaluate one task; returns (evaluation, worker name, seconds spent)."""
+    def evaluate_batch(self, tasks: list[EvaluationTask]) -> tuple[list[Evaluation], str, float]:
+        """Evaluate a batch of tasks (trained together where they can be); returns
+        (evaluations in task order, worker name, seconds spent on the whole batch)."""
         start = time.perf_counter()
-        evaluation = self.evaluator.evaluate(
-            task.genome, initial_weights=task.initial_weights, epochs=task.epochs, keep_weights=task.keep_weights,
-            prior_epochs=task.prior_epochs, inherited_from=task.inherited_from,
-        )
-        return evaluation, self.name, time.perf_counter() - start
+        evaluations = self.evaluator.evaluate_batch(tasks)
+        return evaluations, self.name, time.perf_counter() - start
 
 
 def _failed(task: EvaluationTask, reason: str) -> Evaluation:
@@ -96,11 +81,16 @@ def _failed(task: EvaluationTask, reason: str) -> Evaluation:
 
 
 class EvaluationPool:
-    """Feeds tasks to ``num_actors`` evaluator actors; the driver owns it.
+    """Feeds tasks to ``num_actors`` evaluator actors, in batches; the driver owns it.
 
-    ``max_replacements`` bounds how many dead actors are replaced over the pool's life
-    before it gives up with a ClusterError. ``actor_class`` defaults to
-    :class:`EvaluatorActor` (benchmarks pass a stub with the same methods).
+    A free actor gets up to ``batch_size`` tasks of one epoch count at once: its fair share
+    of the queue (queue length / actors, rounded up), so a short queue still keeps every
+    actor busy. If an actor dies mid-batch, the whole batch goes back to the front of the
+    queue. ``max_replacements`` bounds how many dead actors are replaced over the pool's
+    life before it gives up with a ClusterError. Actors run on ``device``, each
+    reserving ``gpus_per_actor`` GPUs (fractions share one) when it is "cuda".
+    ``actor_class`` defaults to :class:`EvaluatorActor` (benchmarks pass a stub with the
+    same methods).
     """
 
     def __init__(
@@ -112,22 +102,31 @@ class EvaluationPool:
         max_replacements: int | None = None,
         actor_options: Mapping[str, Any] | None = None,
         actor_class: type = EvaluatorActor,
+        device: str = "cpu",
+        gpus_per_actor: float = 0.0,
+        batch_size: int | None = None,
     ) -> None:
         self.spec = spec
         self.cpus_per_actor = cpus_per_actor
+        self.device = device
+        self.gpus_per_actor = gpus_per_actor
+        self.batch_size = batch_size or DEFAULT_STACK_SIZE[device]
         self.max_replacements = max_replacements if max_replacements is not None else 4 * num_actors + 4
         self.replacements = 0
         self._actor_class = ray.remote(actor_class)
         self._actor_options = dict(actor_options or {})
         self._starting: dict[ray.ObjectRef, Any] = {}
         self._idle: deque[Any] = deque()
-        self._busy: dict[ray.ObjectRef, tuple[Any, EvaluationTask]] = {}
+        self._busy: dict[ray.ObjectRef, tuple[Any, list[EvaluationTask]]] = {}
         for _ in range(num_actors):
             self._start_actor()
 
     def _start_actor(self) -> None:
-        actor = self._actor_class.options(num_cpus=self.cpus_per_actor, **self._actor_options).remote(
-            self.spec, self.cpus_per_actor
+        options: dict[str, Any] = {"num_cpus": self.cpus_per_actor}
+        if self.device == "cuda":
+            options["num_gpus"] = self.gpus_per_actor
+        actor = self._actor_class.options(**options, **self._actor_options).remote(
+            self.spec, self.cpus_per_actor, self.device, self.batch_size
         )
         self._starting[actor.ready.remote()] = actor
 
@@ -138,7 +137,30 @@ class EvaluationPool:
 
     def in_flight(self) -> list[tuple[Any, EvaluationTask]]:
         """(actor, task) for every evaluation running now."""
-        return list(self._busy.values())
+        return [(actor, task) for actor, batch in self._busy.values() for task in batch]
+
+    def running(self) -> list[tuple[Any, EvaluationTask]]:
+        """(actor, task) for every evaluation whose batch has not finished yet (in flight
+        and not merely waiting to be collected)."""
+        refs = list(self._busy)
+        if not refs:
+            return []
+        finished, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        done = set(finished)
+        return [(actor, task) for ref, (actor, batch) in self._busy.items() if ref not in done for task in batch]
+
+    def _next_batch(self, queue: deque[EvaluationTask]) -> list[EvaluationTask]:
+        """Take a free actor's share of the queue: tasks with the first one's epoch count.
+        (Called with that actor already taken out of the idle ones, hence the 1.)"""
+        alive = 1 + len(self._idle) + len(self._busy) + len(self._starting)
+        share = min(self.batch_size, max(1, math.ceil(len(queue) / max(1, alive))))
+        epochs = queue[0].epochs
+        batch = [t for t in queue if t.epochs == epochs][:share]
+        taken = {id(t) for t in batch}
+        kept = [t for t in queue if id(t) not in taken]
+        queue.clear()
+        queue.extend(kept)
+        return batch
 
     def run(self, tasks: list[EvaluationTask], on_dispatch: Callable[[EvaluationTask, Any], None] | None = None) -> Iterator[TaskResult]:
         """Evaluate every task, yielding results as they finish (in completion order)."""
@@ -147,10 +169,11 @@ class EvaluationPool:
         while queue or busy:
             while queue and self._idle:
                 actor = self._idle.popleft()
-                task = queue.popleft()
-                busy[actor.evaluate.remote(task)] = (actor, task)
+                batch = self._next_batch(queue)
+                busy[actor.evaluate_batch.remote(batch)] = (actor, batch)
                 if on_dispatch is not None:
-                    on_dispatch(task, actor)
+                    for task in batch:
+                        on_dispatch(task, actor)
             waiting = list(busy) + list(self._starting)
             if not waiting:
                 raise ClusterError("no evaluator actor is alive or starting; check the cluster (`ray status`)")
@@ -164,22 +187,24 @@ class EvaluationPool:
                 except RayActorError:
                     self._replace()
                 continue
-            actor, task = busy.pop(ref)
+            actor, batch = busy.pop(ref)
             try:
-                evaluation, worker, seconds = ray.get(ref)
+                evaluations, worker, seconds = ray.get(ref)
             except RayActorError:
-                # The actor (or its node) died: run the task again elsewhere.
-                queue.appendleft(task)
+                # The actor (or its node) died: run its whole batch again elsewhere.
+                queue.extendleft(reversed(batch))
                 self._replace()
                 continue
             except RayTaskError as exc:
                 if isinstance(exc.cause, AutoLirpaMissing):
                     raise AutoLirpaMissing(str(exc.cause)) from None
                 self._idle.append(actor)
-                yield TaskResult(task, _failed(task, f"evaluation raised {exc.cause!r}"), "", 0.0)
+                for task in batch:
+                    yield TaskResult(task, _failed(task, f"evaluation raised {exc.cause!r}"), "", 0.0)
                 continue
             self._idle.append(actor)
-            yield TaskResult(task, evaluation, worker, seconds)
+            for task, evaluation in zip(batch, evaluations):
+                yield TaskResult(task, evaluation, worker, seconds / len(batch), {"batch_size": len(batch)})
 
     def _replace(self) -> None:
         self.replacements += 1

@@ -34,11 +34,11 @@ def pgd_attack(
     low, high = input_box(x, eps)
     step = step_size if step_size is not None else 2.5 * eps / steps
     best = x.clone()
-    best_score = torch.full((x.shape[0],), float("-inf"))
+    best_score = torch.full((x.shape[0],), float("-inf"), device=x.device)
     was_training = model.training
     model.eval()
     for _ in range(restarts):
-        noise = torch.rand(x.shape, generator=generator) * 2 - 1
+        noise = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device)  # drawn on the CPU: same on every device
         adv = (x + eps * noise).clamp(low, high)
         for _ in range(steps):
             adv.requires_grad_(True)

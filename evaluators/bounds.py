@@ -28,6 +28,7 @@ class VerifierError(Exception):
 def margin_matrix(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """C with rows ``e_y - e_j`` for every ``j != y``: shape [B, K-1, K]."""
     eye, others = _margin_tables(num_classes)
+    eye, others = eye.to(labels.device), others.to(labels.device)
     return eye[labels].unsqueeze(1) - eye[others[labels]]
 
 
@@ -55,12 +56,14 @@ def needs_matrix_conv_mode(model: nn.Module) -> bool:
     )
 
 
-def bound_module(model: nn.Module, input_shape: tuple[int, ...]):
-    """Trace ``model`` into an auto_LiRPA BoundedModule (shares its parameter storage)."""
+def bound_module(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str = "cpu"):
+    """Trace ``model`` (already on ``device``) into an auto_LiRPA BoundedModule that shares
+    its parameter storage."""
     lirpa = auto_lirpa()
     opts = {"conv_mode": "matrix"} if needs_matrix_conv_mode(model) else {}
+    device = torch.device(device)
     try:
-        return lirpa.BoundedModule(model, torch.zeros(1, *input_shape), bound_opts=opts, device="cpu")
+        return lirpa.BoundedModule(model, torch.zeros(1, *input_shape, device=device), bound_opts=opts, device=device.type)
     except NotImplementedError as exc:
         raise VerifierError(f"auto_LiRPA cannot trace this model: {exc}") from exc
 
@@ -94,8 +97,9 @@ class BoundedModuleCache:
     """Traced models kept by key (architecture + activation pattern), least recently used
     evicted first. Loading a candidate's weights into a cached entry replaces tracing."""
 
-    def __init__(self, capacity: int = 16) -> None:
+    def __init__(self, capacity: int = 16, device: torch.device | str = "cpu") -> None:
         self.capacity = capacity
+        self.device = torch.device(device)
         self._entries: OrderedDict[str, TracedModel] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -105,7 +109,8 @@ class BoundedModuleCache:
         entry = self._entries.get(key)
         if entry is None:
             self.misses += 1
-            entry = TracedModel(model, bound_module(model, input_shape))
+            model = model.to(self.device)
+            entry = TracedModel(model, bound_module(model, input_shape, self.device))
             self._entries[key] = entry
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)

@@ -18,7 +18,7 @@ import gzip
 import math
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,10 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def to(self, device: torch.device | str) -> Split:
+        """This split on ``device``."""
+        return Split(self.x.to(device), self.y.to(device))
+
 
 @dataclass(frozen=True)
 class DatasetSplits:
@@ -60,6 +64,10 @@ class DatasetSplits:
     test: Split
     input_shape: tuple[int, int, int]
     num_classes: int
+
+    def to(self, device: torch.device | str) -> DatasetSplits:
+        """These splits on ``device``."""
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
 
 
 def load_dataset(

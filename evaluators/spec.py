@@ -52,12 +52,20 @@ class EvaluationSpec:
     certification: CertificationSettings = field(default_factory=CertificationSettings)
     seed: int = 0
 
-    def build(self, *, num_threads: int | None = None, data: DatasetSplits | None = None) -> CandidateEvaluator:
-        """A fresh evaluator (loads the data unless given)."""
+    def build(
+        self,
+        *,
+        num_threads: int | None = None,
+        data: DatasetSplits | None = None,
+        device: str | None = "cpu",
+        stack_size: int | None = None,
+        stacked: bool = True,
+    ) -> CandidateEvaluator:
+        """A fresh evaluator on ``device`` (loads the data unless given)."""
         data = data if data is not None else self.data.load()
         template = self.model.template(data.input_shape, data.num_classes)
         return CandidateEvaluator(data, template, self.training, self.certification, seed=self.seed,
-                                  num_threads=num_threads)
+                                  num_threads=num_threads, device=device, stack_size=stack_size, stacked=stacked)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data."""

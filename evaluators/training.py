@@ -40,21 +40,22 @@ class KStartsScores:
         return asdict(self)
 
 
-def _learning_rate(settings: TrainingSettings, step: int, total: int) -> float:
+def learning_rate(settings: TrainingSettings, step: int, total: int) -> float:
     """The step's learning rate: constant, or cosine-decayed from ``lr`` to 0 over the run."""
     if settings.lr_schedule == "cosine" and total > 0:
         return settings.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
     return settings.lr
 
 
-def _ramp(step: int, ramp_steps: int) -> float:
+def ramp(step: int, ramp_steps: int) -> float:
+    """Share of the eps ramp done at ``step``: 0 at the start, 1 from ``ramp_steps`` on."""
     return 1.0 if ramp_steps <= 0 else min(1.0, step / ramp_steps)
 
 
 def _robust_loss(lower_margins: torch.Tensor) -> torch.Tensor:
     # Worst-case logits relative to the true class: [0, -lb_1, ..., -lb_{K-1}], target 0.
     logits = torch.cat([torch.zeros_like(lower_margins[:, :1]), -lower_margins], dim=1)
-    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
 
 def train_masked(
@@ -89,16 +90,16 @@ def train_masked(
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, settings.batch_size):
-            index = order[start : start + settings.batch_size]
+            index = order[start : start + settings.batch_size].to(data.y.device)
             x, y = data.x[index], data.y[index]
-            progress = _ramp(step, ramp_steps)
+            progress = ramp(step, ramp_steps)
             eps = settings.eps * progress
             loss = _loss(model, bounded, x, y, eps, progress, settings, num_classes, generator)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss became {loss.item()} at step {step} of {total} (lr {settings.lr})")
             optimizer.zero_grad(set_to_none=False)
             for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(settings, step, total)
+                group["lr"] = learning_rate(settings, step, total)
             loss.backward()
             with torch.no_grad():
                 for weight, mask in masked:
@@ -166,7 +167,7 @@ def dense_gradients(
     pruned connections would help most if grown (Evci et al. 2020). Measured on
     ``samples`` training images drawn with ``seed``; the model's weights are not changed."""
     generator = torch.Generator().manual_seed(seed)
-    index = torch.randperm(len(data.y), generator=generator)[:samples]
+    index = torch.randperm(len(data.y), generator=generator)[:samples].to(data.y.device)
     x, y = data.x[index], data.y[index]
     layers = dict(model.named_modules())
     model.eval()

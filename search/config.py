@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from evaluators.data import DATASETS
+from evaluators.device import DEVICES
 from evaluators.settings import CertificationSettings, TrainingSettings
 from evaluators.spec import DataSpec, EvaluationSpec, ModelSpec
 from population.errors import ConfigError
@@ -167,8 +168,20 @@ class ClusterSettings:
     cpus_per_actor: int = 1
     #: Host islands in Ray actors; null: only when search.islands > 1.
     island_actors: bool | None = None
+    #: Where evaluator actors train and certify: cpu or cuda; null: cuda when Ray sees a GPU.
+    device: str | None = None
+    #: GPUs each evaluator actor reserves on cuda (fractions share a GPU: 0.25 = 4 actors).
+    gpus_per_actor: float = 1.0
+    #: Most candidates an actor trains in one stacked pass; null: 16 on cpu, 128 on cuda.
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.device is not None and self.device not in DEVICES:
+            _fail("cluster.device", self.device, "is not a device", f"use one of {', '.join(DEVICES)}, or null to pick cuda when Ray sees a GPU")
+        if isinstance(self.gpus_per_actor, bool) or not isinstance(self.gpus_per_actor, (int, float)) or not 0 < self.gpus_per_actor <= 8:
+            _fail("cluster.gpus_per_actor", self.gpus_per_actor, "must be a number in (0, 8]", "e.g. 1, or 0.25 for four actors per GPU")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1):
+            _fail("cluster.batch_size", self.batch_size, "must be a positive integer or null", "null picks 16 on cpu and 128 on cuda")
         if self.island_actors is not None and not isinstance(self.island_actors, bool):
             _fail("cluster.island_actors", self.island_actors, "must be true, false or null",
                   "null hosts islands in actors only when search.islands > 1")

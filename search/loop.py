@@ -177,10 +177,18 @@ class Search:
         import ray
 
         cluster = self.config.cluster
+        resources = ray.cluster_resources()
+        device = cluster.device or ("cuda" if resources.get("GPU", 0) > 0 else "cpu")
+        if device == "cuda" and resources.get("GPU", 0) <= 0:
+            raise ConfigError("cluster.device is 'cuda' but the Ray cluster has no GPU (`ray status` lists its "
+                              "resources); start Ray on GPU nodes, or set cluster.device: cpu")
         actors = cluster.actors
         if actors is None:
-            actors = max(1, int(ray.cluster_resources().get("CPU", 1) // cluster.cpus_per_actor))
-        return EvaluationPool(self.config.evaluation_spec(), actors, cpus_per_actor=cluster.cpus_per_actor)
+            actors = max(1, int(resources.get("CPU", 1) // cluster.cpus_per_actor))
+            if device == "cuda":
+                actors = min(actors, max(1, int(resources["GPU"] // cluster.gpus_per_actor)))
+        return EvaluationPool(self.config.evaluation_spec(), actors, cpus_per_actor=cluster.cpus_per_actor,
+                              device=device, gpus_per_actor=cluster.gpus_per_actor, batch_size=cluster.batch_size)
 
     def _kstarts(self) -> None:
         proposals = self.strategy.kstart_proposals(self.state)

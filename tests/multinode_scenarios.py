@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -48,11 +49,18 @@ class Faults:
     def on_end(self, search, summary) -> None: ...
 
     def on_evaluation(self, search, result) -> None:
-        if self.removed_node is None and search.state.generation == 0 and search.pool.in_flight():
-            actor, task = search.pool.in_flight()[0]
-            node_id = ray._private.state.actors(actor._actor_id.hex())["Address"]["NodeID"]
+        if self.removed_node is None and search.state.generation == 0 and search.pool.running():
+            actor, task = search.pool.running()[0]
+            info = ray._private.state.actors(actor._actor_id.hex())
+            node_id = info["Address"]["NodeID"]
             node = next(n for n in self.cluster.worker_nodes if n.node_id == node_id)
             self.cluster.remove_node(node, allow_graceful=False)
+            # On one machine the actor's process can outlive its node's raylet long enough
+            # to deliver its batch; a lost machine takes its processes with it.
+            try:
+                os.kill(info["Pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.removed_node, self.lost_task = node_id, task.key
         if not self.island_killed and search.state.generation == 1:
             ray.kill(search.islands[1].actor, no_restart=True)

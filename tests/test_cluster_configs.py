@@ -444,3 +444,33 @@ def test_command_extraction_finds_bad_subcommands():
     assert certevo_commands('run "certevo lanch --address auto" then certevo installed.') == [
         "certevo lanch --address auto"]
     assert check_certevo_command("certevo lanch --address auto") != []
+
+
+# -- the GPU RayJob and image ------------------------------------------------------------
+RAYJOB_GPU = CONFIGS / "rayjob-gpu.yaml"
+DOCKERFILE_GPU = CONFIGS / "Dockerfile.gpu"
+
+
+def test_gpu_rayjob_matches_the_kuberay_v1_schema_and_runs_on_cuda(ray_start_flags):
+    job = yaml.safe_load(RAYJOB_GPU.read_text())
+    assert rayjob_problems(job, ray_start_flags) == []
+    [line] = certevo_commands(job["spec"]["entrypoint"])
+    assert check_certevo_command(line) == []
+    args = build_parser().parse_args(shlex.split(line)[1:])
+    config = load_config(None, args.overrides)
+    assert config.cluster.device == "cuda" and config.cluster.gpus_per_actor < 1
+    [group] = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert group["rayStartParams"]["num-gpus"] == "1"
+    [container] = group["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    cpus = int(group["rayStartParams"]["num-cpus"])
+    assert cpus * config.cluster.cpus_per_actor >= round(1 / config.cluster.gpus_per_actor), \
+        "every GPU share needs a CPU for its actor"
+    assert [p for c in certevo_commands(RAYJOB_GPU.read_text()) for p in check_certevo_command(c)] == []
+
+
+def test_gpu_image_matches_the_ray_version_and_pins_the_cuda_torch_first():
+    text = DOCKERFILE_GPU.read_text()
+    version = yaml.safe_load(RAYJOB_GPU.read_text())["spec"]["rayClusterSpec"]["rayVersion"]
+    assert re.search(rf"^FROM rayproject/ray:{re.escape(version)}-py311-gpu$", text, re.M)
+    assert text.index(TORCH_PIN) < text.index("pip install --no-cache-dir .") and CPU_INDEX not in text

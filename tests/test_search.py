@@ -210,20 +210,29 @@ def test_killed_driver_resumes_to_the_uninterrupted_result(ray_session, referenc
 
 
 class KillOneActor:
-    """Kills a busy evaluator actor once, right after the first result arrives."""
+    """Kills a busy evaluator actor once, at the first result that arrives while another
+    actor runs a batch of two or more; remembers the candidates of that batch."""
 
     def __init__(self) -> None:
         self.killed = None
+        self.batch: list[str] = []
 
     def on_start(self, search) -> None: ...
     def on_generation(self, search, summary) -> None: ...
     def on_end(self, search, summary) -> None: ...
 
     def on_evaluation(self, search, result) -> None:
-        if self.killed is None and search.pool.in_flight():
-            actor, task = search.pool.in_flight()[0]
-            ray.kill(actor, no_restart=True)
-            self.killed = task.key
+        if self.killed is not None:
+            return
+        batches: dict = {}
+        for actor, task in search.pool.running():
+            batches.setdefault(actor, []).append(task.key)
+        for actor, keys in batches.items():
+            if len(keys) >= 2:
+                self.batch = keys
+                ray.kill(actor, no_restart=True)
+                self.killed = keys[0]
+                return
 
 
 def test_actor_killed_mid_search_loses_and_duplicates_nothing(ray_session, reference_run, tmp_path):
@@ -233,6 +242,8 @@ def test_actor_killed_mid_search_loses_and_duplicates_nothing(ray_session, refer
     assert killer.killed is not None
     assert search.pool.replacements >= 1
     assert killer.killed in search.state.archive and search.state.archive[killer.killed].record.ok
+    assert len(killer.batch) >= 2, "the actor should have died in the middle of a batch"
+    assert all(search.state.archive[key].record.ok for key in killer.batch)
     assert archive_view(search) == archive_view(reference_run)
     ids = [json.loads(line)["id"] for line in (search.run_dir / "evaluations.jsonl").read_text().splitlines()]
     assert len(ids) == len(set(ids))

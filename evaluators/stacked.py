@@ -1,0 +1,269 @@
+"""Many candidates of one template as one stacked network: weights ``[C, ...]``, inputs
+``[C, B, ...]``, one vectorised pass for all of them.
+
+Candidate ``c`` only ever touches slice ``c`` (batched matmuls, grouped convolutions,
+per-candidate activation selectors), so a candidate's outputs, bounds and gradients do
+not depend on which others share its stack. Interval bounds (IBP) follow auto_LiRPA 0.3's
+formulas (centre/radius through linear and conv layers, the margin matrix merged into the
+last linear layer, monotone activations applied to both ends); tests hold them equal to
+auto_LiRPA's IBP to 1e-5. Training uses them; certificates still come from auto_LiRPA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from evaluators.models import NeuronActivations
+
+#: Activations whose interval image is [f(l), f(u)] (monotone non-decreasing), by the
+#: name certevo's genomes use for them, with the function the model modules compute.
+MONOTONE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.01),
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "linear": lambda x: x,
+    "softplus": F.softplus,
+}
+
+_MODULE_KINDS: dict[type, str] = {
+    nn.ReLU: "relu",
+    nn.LeakyReLU: "leaky_relu",
+    nn.Sigmoid: "sigmoid",
+    nn.Tanh: "tanh",
+    nn.Identity: "linear",
+    nn.Softplus: "softplus",
+}
+
+
+class NotStackable(Exception):
+    """These models cannot share a stack (the reason says why); evaluate them one at a time."""
+
+
+@dataclass
+class _Linear:
+    name: str
+    weight: torch.Tensor  # [C, out, in]
+    bias: torch.Tensor  # [C, out]
+
+
+@dataclass
+class _Conv:
+    name: str
+    weight: torch.Tensor  # [C, out, in, k, k]
+    bias: torch.Tensor  # [C, out]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+
+@dataclass
+class _Activation:
+    kinds: list[str]
+    #: [C, neurons, kinds] 0/1 selectors (None: every neuron of every candidate uses kinds[0]).
+    select: torch.Tensor | None
+    #: Neurons are channels of [..., channels, H, W] maps.
+    spatial: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.select is None:
+            return MONOTONE_ACTIVATIONS[self.kinds[0]](x)
+        out = None
+        spatial = 2 if self.spatial else 0
+        lead = x.dim() - 3 - spatial  # 0 for [C, B, n...], 1 for both interval ends [2, C, B, n...]
+        for k, kind in enumerate(self.kinds):
+            sel = self.select[:, :, k]  # [C, n]
+            sel = sel.reshape(*([1] * lead), sel.shape[0], 1, sel.shape[1], *([1] * spatial))
+            term = MONOTONE_ACTIVATIONS[kind](x) * sel
+            out = term if out is None else out + term
+        return out
+
+
+class _Flatten:
+    pass
+
+
+def _neuron_kinds(module: nn.Module, neurons: int) -> list[str]:
+    """The activation kind of each neuron (channel) computed by ``module``."""
+    if isinstance(module, NeuronActivations):
+        names = [None] * neurons
+        for kind in module.kinds:
+            if kind not in MONOTONE_ACTIVATIONS:
+                raise NotStackable(f"activation {kind!r} has no stacked interval bound")
+            select = getattr(module, f"select_{kind}").reshape(-1)
+            for i in torch.nonzero(select).reshape(-1).tolist():
+                names[i] = kind
+        return names
+    kind = _MODULE_KINDS.get(type(module))
+    if kind is None or (kind == "leaky_relu" and module.negative_slope != 0.01):
+        raise NotStackable(f"activation module {module!r} has no stacked interval bound")
+    if kind == "softplus" and (module.beta != 1 or module.threshold != 20):
+        raise NotStackable(f"activation module {module!r} has no stacked interval bound")
+    return [kind] * neurons
+
+
+class StackedNetwork:
+    """``C`` sequential models of one architecture (Flatten, Linear, Conv2d and monotone
+    activations), held as stacked parameter tensors that require gradients."""
+
+    def __init__(self, models: Sequence[nn.Sequential], device: torch.device | str = "cpu") -> None:
+        if not models:
+            raise NotStackable("no models to stack")
+        children = [list(m.named_children()) for m in models]
+        names = [[n for n, _ in c] for c in children]
+        if any(n != names[0] for n in names):
+            raise NotStackable("the models do not share one architecture")
+        self.size = len(models)
+        self.device = torch.device(device)
+        self.ops: list[_Linear | _Conv | _Activation | _Flatten] = []
+        width, spatial = None, False
+        for i, (name, first) in enumerate(children[0]):
+            same = [c[i][1] for c in children]
+            if isinstance(first, nn.Flatten):
+                self.ops.append(_Flatten())
+            elif isinstance(first, nn.Linear):
+                self.ops.append(_Linear(name, self._stack([m.weight for m in same]), self._stack([m.bias for m in same])))
+                width, spatial = first.out_features, False
+            elif isinstance(first, nn.Conv2d):
+                if first.groups != 1 or first.dilation != (1, 1) or not isinstance(first.padding, tuple):
+                    raise NotStackable(f"convolution {name} uses groups, dilation or string padding")
+                self.ops.append(_Conv(name, self._stack([m.weight for m in same]), self._stack([m.bias for m in same]),
+                                      tuple(first.stride), tuple(first.padding)))
+                width, spatial = first.out_channels, True
+            else:
+                if width is None:
+                    raise NotStackable(f"module {name} ({type(first).__name__}) comes before any layer")
+                self.ops.append(self._activation([_neuron_kinds(m, width) for m in same], spatial))
+        self.layers = {op.name: op for op in self.ops if isinstance(op, (_Linear, _Conv))}
+
+    def _stack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([t.detach() for t in tensors]).to(self.device).clone().requires_grad_(True)
+
+    def _activation(self, per_candidate: list[list[str]], spatial: bool) -> _Activation:
+        kinds = sorted({k for names in per_candidate for k in names})
+        if len(kinds) == 1:
+            return _Activation(kinds, None, spatial)
+        select = torch.tensor([[[1.0 if n == k else 0.0 for k in kinds] for n in names] for names in per_candidate],
+                              device=self.device)
+        return _Activation(kinds, select, spatial)
+
+    def parameters(self) -> list[torch.Tensor]:
+        """Stacked weights and biases, layer by layer."""
+        return [t for op in self.layers.values() for t in (op.weight, op.bias)]
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Each prunable layer's stacked weight, by layer name."""
+        return {name: op.weight for name, op in self.layers.items()}
+
+    def state_dicts(self, templates: Sequence[nn.Module]) -> list[dict[str, torch.Tensor]]:
+        """Each candidate's weights as a state dict of its model (``templates[c]``, whose
+        buffers, e.g. activation selectors, are kept)."""
+        out = []
+        for c, model in enumerate(templates):
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            for name, op in self.layers.items():
+                state[f"{name}.weight"] = op.weight[c].detach().cpu().clone()
+                state[f"{name}.bias"] = op.bias[c].detach().cpu().clone()
+            out.append(state)
+        return out
+
+    # --- forward passes -------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[C, B, classes]`` of inputs ``[C, B, ...]`` (candidate c sees x[c])."""
+        for op in self.ops:
+            if isinstance(op, _Linear):
+                x = torch.baddbmm(op.bias.unsqueeze(1), x, op.weight.transpose(1, 2))
+            elif isinstance(op, _Conv):
+                x = _conv(x, op.weight, op.bias, op)
+            elif isinstance(op, _Flatten):
+                x = x.flatten(2)
+            else:
+                x = op(x)
+        return x
+
+    __call__ = forward
+
+    def interval(self, lower: torch.Tensor, upper: torch.Tensor, *, stop_before_last: bool = False):
+        """IBP bounds of every layer's output, given input bounds ``[C, B, ...]``; with
+        ``stop_before_last`` the bounds of the last linear layer's input."""
+        ops = self.ops[:-1] if stop_before_last else self.ops
+        # Both ends in one tensor [2, C, B, ...] (lower, upper): one activation call, one
+        # add for both ends.
+        ends = torch.stack([lower, upper])
+        for op in ops:
+            if isinstance(op, (_Linear, _Conv)):
+                mid, diff = (ends[1] + ends[0]) / 2, (ends[1] - ends[0]) / 2
+                if isinstance(op, _Linear):
+                    center = torch.baddbmm(op.bias.unsqueeze(1), mid, op.weight.transpose(1, 2))
+                    deviation = torch.bmm(diff, op.weight.abs().transpose(1, 2))
+                else:
+                    center = _conv(mid, op.weight, op.bias, op)
+                    deviation = _conv(diff, op.weight.abs(), None, op)
+                ends = center + deviation * _SIGNS.to(deviation).reshape(2, *([1] * deviation.dim()))
+            elif isinstance(op, _Flatten):
+                ends = ends.flatten(3)
+            else:
+                ends = op(ends)
+        return ends[0], ends[1]
+
+    def margin_lower_bounds(self, x: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor:
+        """IBP lower bounds of ``logit_y - logit_j`` (j != y) over the eps-ball clipped to
+        [0, 1], shape ``[C, B, classes-1]``. ``eps`` is a number or one per candidate ([C])."""
+        last = self.ops[-1]
+        if not isinstance(last, _Linear):
+            raise NotStackable("the last layer is not linear")
+        if isinstance(eps, torch.Tensor):
+            eps = eps.reshape(-1, *([1] * (x.dim() - 1)))
+        lower, upper = self.interval((x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0), stop_before_last=True)
+        classes = last.weight.shape[1]
+        others = _other_classes(classes, labels.device)  # [K, K-1]
+        # The margin matrix merged into the last layer, as auto_LiRPA does: row (y, j) of
+        # the merged weight is W_y - W_j (C @ W with C's rows e_y - e_j). Every (y, j) pair
+        # is bounded in one dense matmul, then each sample's own y is picked.
+        weight = (last.weight.unsqueeze(2) - last.weight[:, others]).flatten(1, 2)  # [C, K*(K-1), in]
+        bias = (last.bias.unsqueeze(2) - last.bias[:, others]).flatten(1)  # [C, K*(K-1)]
+        mid, diff = (upper + lower) / 2, (upper - lower) / 2
+        center = torch.bmm(mid, weight.transpose(1, 2))
+        deviation = torch.bmm(diff, weight.abs().transpose(1, 2))
+        pick = (labels * (classes - 1)).unsqueeze(-1) + torch.arange(classes - 1, device=labels.device)  # [C, B, K-1]
+        center, deviation = center.gather(2, pick), deviation.gather(2, pick)
+        bias = bias.unsqueeze(1).expand(-1, labels.shape[1], -1).gather(2, pick)
+        return center - deviation + bias
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, op: _Conv) -> torch.Tensor:
+    """Candidate c's convolution of x[c] with weight[c].
+
+    On the CPU one call per candidate: oneDNN picks its algorithm by shape, so one grouped
+    convolution would make a candidate's result depend (in the last bits) on how many
+    share the stack. On a GPU (where many small launches cost more than last-bit
+    reproducibility across stack sizes is worth) one grouped convolution."""
+    if x.device.type == "cpu":
+        return torch.stack([
+            F.conv2d(x[c], weight[c], None if bias is None else bias[c], op.stride, op.padding) for c in range(x.shape[0])
+        ])
+    c, b = x.shape[:2]
+    merged = x.transpose(0, 1).reshape(b, c * x.shape[2], *x.shape[3:])
+    out = F.conv2d(merged, weight.reshape(-1, *weight.shape[2:]), None if bias is None else bias.reshape(-1),
+                   op.stride, op.padding, 1, c)
+    return out.reshape(b, c, -1, *out.shape[2:]).transpose(0, 1)
+
+
+_SIGNS = torch.tensor([-1.0, 1.0])
+_OTHERS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _other_classes(classes: int, device: torch.device) -> torch.Tensor:
+    key = (classes, str(device))
+    if key not in _OTHERS:
+        index = torch.arange(classes, device=device)
+        _OTHERS[key] = torch.stack([index[index != y] for y in range(classes)])
+    return _OTHERS[key]
+
+
+__all__ = ["MONOTONE_ACTIVATIONS", "NotStackable", "StackedNetwork"]
