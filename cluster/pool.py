@@ -84,8 +84,8 @@ class EvaluationPool:
     """Feeds tasks to ``num_actors`` evaluator actors, in batches; the driver owns it.
 
     A free actor gets up to ``batch_size`` tasks of one epoch count at once: its fair share
-    of the queue (queue length / actors, rounded up), so a short queue still keeps every
-    actor busy. If an actor dies mid-batch, the whole batch goes back to the front of the
+    of the queue (queue length / free actors, rounded up), so a short queue still keeps
+    every actor busy. If an actor dies mid-batch, the whole batch goes back to the front of the
     queue. ``max_replacements`` bounds how many dead actors are replaced over the pool's
     life before it gives up with a ClusterError. Actors run on ``device``, each
     reserving ``gpus_per_actor`` GPUs (fractions share one) when it is "cuda".
@@ -150,10 +150,12 @@ class EvaluationPool:
         return [(actor, task) for ref, (actor, batch) in self._busy.items() if ref not in done for task in batch]
 
     def _next_batch(self, queue: deque[EvaluationTask]) -> list[EvaluationTask]:
-        """Take a free actor's share of the queue: tasks with the first one's epoch count.
-        (Called with that actor already taken out of the idle ones, hence the 1.)"""
-        alive = 1 + len(self._idle) + len(self._busy) + len(self._starting)
-        share = min(self.batch_size, max(1, math.ceil(len(queue) / max(1, alive))))
+        """Take a free actor's share of the queue: tasks with the first one's epoch count,
+        split evenly between this actor and the others that are free or starting (busy
+        ones already hold their share). Called with this actor already out of the idle
+        ones, hence the 1."""
+        free = 1 + len(self._idle) + len(self._starting)
+        share = min(self.batch_size, max(1, math.ceil(len(queue) / free)))
         epochs = queue[0].epochs
         batch = [t for t in queue if t.epochs == epochs][:share]
         taken = {id(t) for t in batch}

@@ -4,7 +4,8 @@
 Every candidate keeps its own init (its model's weights), its own data order and its own
 failure: candidate ``c`` draws its batches from its own generator (``seeds[c]``), and its
 loss, gradients and Adam moments only ever touch slice ``c`` of the stacked tensors (Adam
-is element-wise, so one optimiser over the stack is C independent optimisers). A
+is element-wise, so one optimiser over the stack is C independent optimisers; it is
+torch's Adam arithmetic without its slow square root of zeros: evaluators.adam). A
 candidate's trained weights therefore do not depend on which others share its stack.
 A candidate whose loss stops being finite is dropped from the summed loss at that step
 and reported with the same message as the one-at-a-time path; the others go on.
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from evaluators.adam import MaskedAdam
 from evaluators.data import Split
 from evaluators.settings import TrainingSettings
 from evaluators.stacked import StackedNetwork
@@ -42,6 +44,13 @@ def _gather(data: Split, index: torch.Tensor, device: torch.device) -> tuple[tor
     return data.x[index].to(device), data.y[index].to(device)
 
 
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy per candidate of logits [C, B, K]. Classes are put on dim 1
+    ([C, K, B]): torch's log-softmax is vectorised along the samples then, more than twice
+    as fast for K = 10 as over rows of length 10 (same values)."""
+    return F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(1)
+
+
 def stacked_losses(
     net: StackedNetwork,
     x: torch.Tensor,
@@ -53,15 +62,13 @@ def stacked_losses(
     """Each candidate's training loss on its batch, shape [C]: the natural cross-entropy
     mixed with the IBP robust loss as :func:`evaluators.training._loss` does (kappa falls
     from 1 to ``kappa_final`` with ``progress``; a candidate at eps 0 gets the natural loss)."""
-    c, b = y.shape
     logits = net(x)
-    natural = F.cross_entropy(logits.reshape(c * b, -1), y.reshape(-1), reduction="none").reshape(c, b).mean(1)
+    natural = _cross_entropy(logits, y)
     if settings.method == "clean" or not bool((eps > 0).any()):
         return natural
     lower = net.margin_lower_bounds(x, y, eps)  # [C, B, K-1]
     worst = torch.cat([torch.zeros_like(lower[..., :1]), -lower], dim=-1)
-    target = torch.zeros(c * b, dtype=torch.long, device=y.device)
-    robust = F.cross_entropy(worst.reshape(c * b, -1), target, reduction="none").reshape(c, b).mean(1)
+    robust = _cross_entropy(worst, torch.zeros_like(y))
     kappa = 1.0 - progress * (1.0 - settings.kappa_final)
     return torch.where(eps > 0, kappa * natural + (1.0 - kappa) * robust, natural)
 
@@ -83,7 +90,7 @@ def train_stacked(
     size = net.size
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     masked = [(net.layers[name].weight, mask.to(device)) for name, mask in masks.items()]
-    optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    optimizer = MaskedAdam(net.parameters(), lr=settings.lr)
     n = len(data.y)
     batches_per_epoch = max(1, math.ceil(n / settings.batch_size))
     total = epochs * batches_per_epoch
@@ -111,9 +118,8 @@ def train_stacked(
                 alive &= finite
                 if not bool(alive.any()):
                     break
-            optimizer.zero_grad(set_to_none=False)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(settings, step, total)
+            optimizer.zero_grad()
+            optimizer.lr = learning_rate(settings, step, total)
             torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()
             with torch.no_grad():
                 grads = [w.grad for w in weights]

@@ -61,23 +61,41 @@ class _Conv:
     padding: tuple[int, int]
 
 
-@dataclass
 class _Activation:
-    kinds: list[str]
-    #: [C, neurons, kinds] 0/1 selectors (None: every neuron of every candidate uses kinds[0]).
-    select: torch.Tensor | None
-    #: Neurons are channels of [..., channels, H, W] maps.
-    spatial: bool = False
+    """One hidden layer's activations for the whole stack, in the cheapest form its mix
+    allows: one kind everywhere; one kind per candidate (each kind applied only to its
+    candidates); or per-neuron kinds (every kind applied, then picked by 0/1 selectors)."""
+
+    def __init__(self, per_candidate: list[list[str]], spatial: bool, device: torch.device) -> None:
+        self.kinds = sorted({k for names in per_candidate for k in names})
+        self.spatial = spatial
+        self.select: torch.Tensor | None = None  # [C, neurons, kinds] 0/1
+        self.groups: list[tuple[str, torch.Tensor]] = []
+        self.inverse: torch.Tensor | None = None
+        if len(self.kinds) == 1:
+            return
+        if all(len(set(names)) == 1 for names in per_candidate):
+            order = []
+            for kind in self.kinds:
+                members = [c for c, names in enumerate(per_candidate) if names[0] == kind]
+                self.groups.append((kind, torch.tensor(members, device=device)))
+                order += members
+            self.inverse = torch.argsort(torch.tensor(order, device=device))
+            return
+        self.select = torch.tensor(
+            [[[1.0 if n == k else 0.0 for k in self.kinds] for n in names] for names in per_candidate], device=device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.select is None:
+        if len(self.kinds) == 1:
             return MONOTONE_ACTIVATIONS[self.kinds[0]](x)
+        if self.groups:
+            parts = [MONOTONE_ACTIVATIONS[kind](x.index_select(0, members)) for kind, members in self.groups]
+            return torch.cat(parts).index_select(0, self.inverse)
         out = None
         spatial = 2 if self.spatial else 0
-        lead = x.dim() - 3 - spatial  # 0 for [C, B, n...], 1 for both interval ends [2, C, B, n...]
         for k, kind in enumerate(self.kinds):
             sel = self.select[:, :, k]  # [C, n]
-            sel = sel.reshape(*([1] * lead), sel.shape[0], 1, sel.shape[1], *([1] * spatial))
+            sel = sel.reshape(sel.shape[0], 1, sel.shape[1], *([1] * spatial))
             term = MONOTONE_ACTIVATIONS[kind](x) * sel
             out = term if out is None else out + term
         return out
@@ -144,12 +162,7 @@ class StackedNetwork:
         return torch.stack([t.detach() for t in tensors]).to(self.device).clone().requires_grad_(True)
 
     def _activation(self, per_candidate: list[list[str]], spatial: bool) -> _Activation:
-        kinds = sorted({k for names in per_candidate for k in names})
-        if len(kinds) == 1:
-            return _Activation(kinds, None, spatial)
-        select = torch.tensor([[[1.0 if n == k else 0.0 for k in kinds] for n in names] for names in per_candidate],
-                              device=self.device)
-        return _Activation(kinds, select, spatial)
+        return _Activation(per_candidate, spatial, self.device)
 
     def parameters(self) -> list[torch.Tensor]:
         """Stacked weights and biases, layer by layer."""
@@ -190,26 +203,29 @@ class StackedNetwork:
 
     def interval(self, lower: torch.Tensor, upper: torch.Tensor, *, stop_before_last: bool = False):
         """IBP bounds of every layer's output, given input bounds ``[C, B, ...]``; with
-        ``stop_before_last`` the bounds of the last linear layer's input."""
+        ``stop_before_last`` the bounds of the last linear layer's input.
+
+        auto_LiRPA's centre ``W (u+l)/2 + b`` and radius ``|W| (u-l)/2`` are computed as
+        ``(W/2) (u+l) + b`` and ``(|W|/2) (u-l)``: halving is exact in floating point, so
+        the results are the same bits, with the halving done on the (small) weights
+        instead of on every activation."""
         ops = self.ops[:-1] if stop_before_last else self.ops
-        # Both ends in one tensor [2, C, B, ...] (lower, upper): one activation call, one
-        # add for both ends.
-        ends = torch.stack([lower, upper])
         for op in ops:
             if isinstance(op, (_Linear, _Conv)):
-                mid, diff = (ends[1] + ends[0]) / 2, (ends[1] - ends[0]) / 2
+                half = op.weight * 0.5
+                total, width = upper + lower, upper - lower
                 if isinstance(op, _Linear):
-                    center = torch.baddbmm(op.bias.unsqueeze(1), mid, op.weight.transpose(1, 2))
-                    deviation = torch.bmm(diff, op.weight.abs().transpose(1, 2))
+                    center = torch.baddbmm(op.bias.unsqueeze(1), total, half.transpose(1, 2))
+                    deviation = torch.bmm(width, half.abs().transpose(1, 2))
                 else:
-                    center = _conv(mid, op.weight, op.bias, op)
-                    deviation = _conv(diff, op.weight.abs(), None, op)
-                ends = center + deviation * _SIGNS.to(deviation).reshape(2, *([1] * deviation.dim()))
+                    center = _conv(total, half, op.bias, op)
+                    deviation = _conv(width, half.abs(), None, op)
+                lower, upper = center - deviation, center + deviation
             elif isinstance(op, _Flatten):
-                ends = ends.flatten(3)
+                lower, upper = lower.flatten(2), upper.flatten(2)
             else:
-                ends = op(ends)
-        return ends[0], ends[1]
+                lower, upper = op(lower), op(upper)
+        return lower, upper
 
     def margin_lower_bounds(self, x: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor:
         """IBP lower bounds of ``logit_y - logit_j`` (j != y) over the eps-ball clipped to
@@ -221,15 +237,16 @@ class StackedNetwork:
             eps = eps.reshape(-1, *([1] * (x.dim() - 1)))
         lower, upper = self.interval((x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0), stop_before_last=True)
         classes = last.weight.shape[1]
-        others = _other_classes(classes, labels.device)  # [K, K-1]
         # The margin matrix merged into the last layer, as auto_LiRPA does: row (y, j) of
-        # the merged weight is W_y - W_j (C @ W with C's rows e_y - e_j). Every (y, j) pair
-        # is bounded in one dense matmul, then each sample's own y is picked.
-        weight = (last.weight.unsqueeze(2) - last.weight[:, others]).flatten(1, 2)  # [C, K*(K-1), in]
-        bias = (last.bias.unsqueeze(2) - last.bias[:, others]).flatten(1)  # [C, K*(K-1)]
-        mid, diff = (upper + lower) / 2, (upper - lower) / 2
-        center = torch.bmm(mid, weight.transpose(1, 2))
-        deviation = torch.bmm(diff, weight.abs().transpose(1, 2))
+        # the merged weight is W_y - W_j (C @ W with C's rows e_y - e_j; a dot product with
+        # one +1, one -1 and zeros is exact). Every (y, j) pair is bounded in one dense
+        # matmul, then each sample's own y is picked.
+        pairs = _pair_matrix(classes, last.weight.device)  # [K*(K-1), K]
+        weight = torch.matmul(pairs, last.weight)  # [C, K*(K-1), in]
+        bias = torch.matmul(last.bias, pairs.t())  # [C, K*(K-1)]
+        half = weight * 0.5
+        center = torch.bmm(upper + lower, half.transpose(1, 2))
+        deviation = torch.bmm(upper - lower, half.abs().transpose(1, 2))
         pick = (labels * (classes - 1)).unsqueeze(-1) + torch.arange(classes - 1, device=labels.device)  # [C, B, K-1]
         center, deviation = center.gather(2, pick), deviation.gather(2, pick)
         bias = bias.unsqueeze(1).expand(-1, labels.shape[1], -1).gather(2, pick)
@@ -254,16 +271,16 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, op: 
     return out.reshape(b, c, -1, *out.shape[2:]).transpose(0, 1)
 
 
-_SIGNS = torch.tensor([-1.0, 1.0])
-_OTHERS: dict[tuple[int, str], torch.Tensor] = {}
+_PAIRS: dict[tuple[int, str], torch.Tensor] = {}
 
 
-def _other_classes(classes: int, device: torch.device) -> torch.Tensor:
+def _pair_matrix(classes: int, device: torch.device) -> torch.Tensor:
+    """Rows e_y - e_j for y in order and, within y, every j != y in order: [K*(K-1), K]."""
     key = (classes, str(device))
-    if key not in _OTHERS:
-        index = torch.arange(classes, device=device)
-        _OTHERS[key] = torch.stack([index[index != y] for y in range(classes)])
-    return _OTHERS[key]
+    if key not in _PAIRS:
+        eye = torch.eye(classes)
+        _PAIRS[key] = torch.stack([eye[y] - eye[j] for y in range(classes) for j in range(classes) if j != y]).to(device)
+    return _PAIRS[key]
 
 
 __all__ = ["MONOTONE_ACTIVATIONS", "NotStackable", "StackedNetwork"]

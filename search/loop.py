@@ -145,12 +145,14 @@ class Search:
     def run(self) -> SearchResult:
         """Run until the generation count or evaluation budget is reached."""
         torch.set_num_threads(1)
-        connect(self.config.cluster.address)
-        self.pool = self._make_pool()
         self.started = time.perf_counter()
+        # Observers start first: their background work (e.g. creating the MLflow store)
+        # then overlaps with Ray starting, instead of with the evaluator actors starting.
         for observer in self.observers:
             observer.on_start(self)
         try:
+            connect(self.config.cluster.address)
+            self.pool = self._make_pool()
             if self.state.generation < 0:
                 self._kstarts()
             if self.state.generation < self.config.search.generations and self._budget_left() > 0:
@@ -164,7 +166,8 @@ class Search:
                     handler(self, exc)
             raise
         finally:
-            self.pool.shutdown()
+            if self.pool is not None:
+                self.pool.shutdown()
             for island in self.islands:
                 island.shutdown()
         summary = self._finish()

@@ -57,6 +57,9 @@ def test_digest_ignores_where_it_runs():
         ({"genome": {"sparsities": [1.2]}}, "genome.sparsities", "1.2", "[0, 1)"),
         ({"data": {"name": "cifar"}}, "data.name", "'cifar'", "digits"),
         ({"cluster": {"actors": 0}}, "cluster.actors", "0", "positive"),
+        ({"cluster": {"device": "tpu"}}, "cluster.device", "'tpu'", "cpu, cuda"),
+        ({"cluster": {"gpus_per_actor": 0}}, "cluster.gpus_per_actor", "0", "0.25"),
+        ({"cluster": {"batch_size": 0}}, "cluster.batch_size", "0", "128 on cuda"),
     ],
 )
 def test_bad_values_name_field_value_and_fix(values, field, value_text, fix_text):

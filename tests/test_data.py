@@ -450,3 +450,23 @@ def test_real_mnist_in_torchvision_layout(tmp_path: Path) -> None:
         shutil.copy(file, raw / file.name)
     ds = load_dataset("mnist", tmp_path, seed=0, subset=500)
     assert len_total(ds) == 500 and ds.input_shape == (1, 28, 28)
+
+
+def test_digits_equal_scikit_learns_and_load_without_importing_it():
+    """The embedded data set is read from scikit-learn's file directly (importing
+    scikit-learn costs every evaluator actor ~1.8 s at start-up); same images and labels."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from evaluators.data import _load_digits
+
+    x, y, _ = _load_digits()
+    reference = load_digits()
+    assert np.array_equal(x[:, 0], (reference.images / 16.0).astype(np.float32))
+    assert np.array_equal(y, reference.target)
+    code = "import sys; from evaluators.data import load_dataset; load_dataset('digits'); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert out.stdout.strip() == "False"

@@ -332,3 +332,13 @@ def test_evaluation_budget_stops_the_search(ray_session, tmp_path):
     search = Search.create(tiny("search.evaluation_budget=7", "search.generations=10"), tmp_path / "budget")
     search.run()
     assert len(search.state.archive) == 7
+
+
+def test_cuda_on_a_cluster_without_gpus_stops_with_the_fix(ray_session, tmp_path):
+    import ray as ray_module
+
+    if ray_module.cluster_resources().get("GPU", 0) > 0:
+        pytest.skip("this Ray session has GPUs")
+    search = Search.create(tiny("cluster.device=cuda"), tmp_path / "cuda")
+    with pytest.raises(ConfigError, match="cluster.device: cpu"):
+        search.run()
