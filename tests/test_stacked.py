@@ -187,3 +187,31 @@ def test_asking_for_cuda_without_a_gpu_says_how_to_fix_it(digits_small, mlp):
 
     with pytest.raises(ConfigError, match="cluster.device: cpu"):
         CandidateEvaluator(digits_small, mlp, TRAINING, CERT, device="cuda")
+
+
+def test_masked_adam_takes_exactly_torchs_adam_steps():
+    """evaluators.adam avoids torch.sqrt of exact zeros (slow on x86); its updates must be
+    torch.optim.Adam's, bit for bit, with masked (zero-gradient) entries and a changing lr."""
+    from evaluators.adam import MaskedAdam
+
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(4, 16, 16, generator=generator), torch.randn(4, 16, generator=generator)]
+    mask = (torch.rand(4, 16, 16, generator=generator) > 0.8).float()
+    ours = [p.clone().requires_grad_(True) for p in start]
+    theirs = [p.clone().requires_grad_(True) for p in start]
+    masked, reference = MaskedAdam(ours, lr=5e-3), torch.optim.Adam(theirs, lr=5e-3)
+    for step in range(60):
+        x = torch.randn(4, 8, 16, generator=generator)
+        for params, optimizer in ((ours, masked), (theirs, reference)):
+            optimizer.zero_grad()
+            ((torch.bmm(x, params[0]) + params[1][:, None, :]) ** 2).mean().backward()
+            params[0].grad.mul_(mask)
+            lr = 5e-3 * (1 - step / 60)
+            if optimizer is masked:
+                optimizer.lr = lr
+            else:
+                optimizer.param_groups[0]["lr"] = lr
+            optimizer.step()
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+    assert bool((ours[0][mask == 0] == start[0][mask == 0]).all()), "masked entries must not move"
