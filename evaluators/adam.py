@@ -1,13 +1,23 @@
-"""Adam for masked (mostly zero) weights: torch.optim.Adam's foreach arithmetic, step for
-step, except that the square root never sees an exact zero.
+"""Adam for stacked, masked (mostly zero) weights: torch.optim.Adam's arithmetic, with the
+parts of torch's implementation that are slow here or that would tie a candidate's bits to
+its stack size left out.
 
-Pruned weights have exactly zero gradients, so most second moments are exact zeros, and
-``torch.sqrt`` of 0.0 takes a slow path on x86 CPUs (measured here: 180 us for 65k zeros
-against 10 us for other values; numpy: 15 us). The moments get ``TINY`` (a normal float32)
-added before the root: for a zero moment the denominator is ``sqrt(TINY) + eps == eps``
-either way, and for any moment large enough for its root to matter next to ``eps``,
-adding ``TINY`` leaves it unchanged (TINY is below half its last bit). Tests hold the
-trained weights equal to torch.optim.Adam's.
+* A tensor whose per-candidate slice (``p[c]``) holds a multiple of 16 elements goes
+  through torch's fused Adam kernel (one pass instead of a dozen: 5x faster on MNIST-sized
+  layers). Its vectorised loop then covers every candidate's slice the same way whatever
+  the stack size; on a tensor with a scalar tail the last candidate's elements would take
+  the kernel's scalar path and differ in the last bit from a stack of another size.
+* Any other tensor gets torch's foreach arithmetic, step for step, except that the square
+  root never sees an exact zero: pruned weights have exactly zero gradients, so most
+  second moments are exact zeros, and ``torch.sqrt`` of 0.0 takes a slow path on x86 CPUs
+  (measured here: 180 us for 65k zeros against 10 us for other values). The moments get
+  ``TINY`` (a normal float32) added before the root: for a zero moment the denominator is
+  ``sqrt(TINY) + eps == eps`` either way, and for any moment large enough for its root to
+  matter next to ``eps``, adding ``TINY`` leaves it unchanged (TINY is below half its last
+  bit).
+
+Tests hold every update equal, bit for bit, to torch.optim.Adam's (fused, respectively
+foreach) and a candidate's trained weights equal alone and in any stack.
 """
 
 from __future__ import annotations
@@ -17,10 +27,20 @@ import torch
 #: Added to second moments before the square root (a normal float32, > 2**-126).
 TINY = 2e-38
 
+#: Elements per vector register the fused kernel may use (AVX-512 float32; a multiple of
+#: every narrower width).
+VECTOR_WIDTH = 16
+
+
+def fused_eligible(param: torch.Tensor) -> bool:
+    """True if ``param``'s candidate slices (``param[c]``) fill whole vector registers."""
+    return param.dim() >= 1 and param.is_contiguous() and param[0].numel() % VECTOR_WIDTH == 0
+
 
 class MaskedAdam:
-    """Adam (Kingma & Ba) over ``params`` with torch's defaults (betas 0.9/0.999, eps
-    1e-8, no weight decay); ``lr`` may change between steps."""
+    """Adam (Kingma & Ba) over stacked ``params`` (candidates on dim 0) with torch's
+    defaults (betas 0.9/0.999, eps 1e-8, no weight decay); ``lr`` may change between
+    steps."""
 
     def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
@@ -29,8 +49,11 @@ class MaskedAdam:
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.step_count = 0
-        self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
-        self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        fused = [p for p in self.params if fused_eligible(p)]
+        self.fused = torch.optim.Adam(fused, lr=lr, betas=betas, eps=eps, fused=True) if fused else None
+        self.others = [p for p in self.params if not fused_eligible(p)]
+        self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.others]
+        self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.others]
 
     def zero_grad(self) -> None:
         """Set every gradient to zero (kept allocated)."""
@@ -41,8 +64,13 @@ class MaskedAdam:
     @torch.no_grad()
     def step(self) -> None:
         """One Adam update from the parameters' current gradients."""
-        grads = [p.grad for p in self.params]
         self.step_count += 1
+        if self.fused is not None:
+            self.fused.param_groups[0]["lr"] = self.lr
+            self.fused.step()
+        if not self.others:
+            return
+        grads = [p.grad for p in self.others]
         # torch keeps the step count as a float32 tensor and raises betas to its value.
         step = float(torch.tensor(float(self.step_count), dtype=torch.float32))
         torch._foreach_lerp_(self.exp_avgs, grads, 1 - self.beta1)
@@ -54,7 +82,7 @@ class MaskedAdam:
         denominators = torch._foreach_sqrt(torch._foreach_add(self.exp_avg_sqs, TINY))
         torch._foreach_div_(denominators, bias_correction2**0.5)
         torch._foreach_add_(denominators, self.eps)
-        torch._foreach_addcdiv_(self.params, self.exp_avgs, denominators, step_size)
+        torch._foreach_addcdiv_(self.others, self.exp_avgs, denominators, step_size)
 
 
-__all__ = ["MaskedAdam", "TINY"]
+__all__ = ["MaskedAdam", "TINY", "VECTOR_WIDTH", "fused_eligible"]

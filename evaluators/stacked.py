@@ -201,41 +201,53 @@ class StackedNetwork:
 
     __call__ = forward
 
-    def interval(self, lower: torch.Tensor, upper: torch.Tensor, *, stop_before_last: bool = False):
+    def interval(self, lower: torch.Tensor, upper: torch.Tensor, *, stop_before_last: bool = False,
+                 box: tuple[torch.Tensor, torch.Tensor] | None = None):
         """IBP bounds of every layer's output, given input bounds ``[C, B, ...]``; with
-        ``stop_before_last`` the bounds of the last linear layer's input.
+        ``stop_before_last`` the bounds of the last linear layer's input. ``box``, if
+        given, is the input's ``(upper + lower, upper - lower)`` computed beforehand (then
+        ``lower`` and ``upper`` are not used).
 
         auto_LiRPA's centre ``W (u+l)/2 + b`` and radius ``|W| (u-l)/2`` are computed as
-        ``(W/2) (u+l) + b`` and ``(|W|/2) (u-l)``: halving is exact in floating point, so
-        the results are the same bits, with the halving done on the (small) weights
-        instead of on every activation."""
+        ``0.5 W (u+l) + b`` (the 0.5 inside the matmul) and ``|W| (u-l)``, halved where it
+        is added to or taken from the centre: halving is exact in floating point, so these
+        are the same bits, without a pass over every activation to halve it."""
         ops = self.ops[:-1] if stop_before_last else self.ops
         for op in ops:
             if isinstance(op, (_Linear, _Conv)):
-                half = op.weight * 0.5
-                total, width = upper + lower, upper - lower
-                if isinstance(op, _Linear):
-                    center = torch.baddbmm(op.bias.unsqueeze(1), total, half.transpose(1, 2))
-                    deviation = torch.bmm(width, half.abs().transpose(1, 2))
+                if box is not None:
+                    (total, width), box = box, None
                 else:
+                    total, width = upper + lower, upper - lower
+                if isinstance(op, _Linear):
+                    center = torch.baddbmm(op.bias.unsqueeze(1), total, op.weight.transpose(1, 2), alpha=0.5)
+                    deviation = torch.bmm(width, op.weight.abs().transpose(1, 2))
+                else:
+                    half = op.weight * 0.5
                     center = _conv(total, half, op.bias, op)
-                    deviation = _conv(width, half.abs(), None, op)
-                lower, upper = center - deviation, center + deviation
+                    deviation = _conv(width, op.weight.abs(), None, op)
+                lower, upper = torch.sub(center, deviation, alpha=0.5), torch.add(center, deviation, alpha=0.5)
+            elif isinstance(op, _Flatten) and box is not None:
+                box = (box[0].flatten(2), box[1].flatten(2))
             elif isinstance(op, _Flatten):
                 lower, upper = lower.flatten(2), upper.flatten(2)
             else:
                 lower, upper = op(lower), op(upper)
         return lower, upper
 
-    def margin_lower_bounds(self, x: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor:
+    def margin_lower_bounds(self, x: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor | float,
+                            box: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """IBP lower bounds of ``logit_y - logit_j`` (j != y) over the eps-ball clipped to
-        [0, 1], shape ``[C, B, classes-1]``. ``eps`` is a number or one per candidate ([C])."""
+        [0, 1], shape ``[C, B, classes-1]``. ``eps`` is a number or one per candidate ([C]);
+        ``box`` optionally gives the ball's :func:`input_box` for ``x`` already computed."""
         last = self.ops[-1]
         if not isinstance(last, _Linear):
             raise NotStackable("the last layer is not linear")
-        if isinstance(eps, torch.Tensor):
-            eps = eps.reshape(-1, *([1] * (x.dim() - 1)))
-        lower, upper = self.interval((x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0), stop_before_last=True)
+        if box is None:
+            if isinstance(eps, torch.Tensor):
+                eps = eps.reshape(-1, *([1] * (x.dim() - 1)))
+            box = input_box(x, eps)
+        lower, upper = self.interval(x, x, stop_before_last=True, box=box)
         classes = last.weight.shape[1]
         # The margin matrix merged into the last layer, as auto_LiRPA does: row (y, j) of
         # the merged weight is W_y - W_j (C @ W with C's rows e_y - e_j; a dot product with
@@ -244,13 +256,18 @@ class StackedNetwork:
         pairs = _pair_matrix(classes, last.weight.device)  # [K*(K-1), K]
         weight = torch.matmul(pairs, last.weight)  # [C, K*(K-1), in]
         bias = torch.matmul(last.bias, pairs.t())  # [C, K*(K-1)]
-        half = weight * 0.5
-        center = torch.bmm(upper + lower, half.transpose(1, 2))
-        deviation = torch.bmm(upper - lower, half.abs().transpose(1, 2))
+        center = torch.baddbmm(weight.new_zeros(()), upper + lower, weight.transpose(1, 2), beta=0.0, alpha=0.5)
+        deviation = torch.bmm(upper - lower, weight.abs().transpose(1, 2))
         pick = (labels * (classes - 1)).unsqueeze(-1) + torch.arange(classes - 1, device=labels.device)  # [C, B, K-1]
         center, deviation = center.gather(2, pick), deviation.gather(2, pick)
         bias = bias.unsqueeze(1).expand(-1, labels.shape[1], -1).gather(2, pick)
-        return center - deviation + bias
+        return torch.sub(center, deviation, alpha=0.5) + bias
+
+
+def input_box(x: torch.Tensor, eps: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(upper + lower, upper - lower)`` of the eps-ball around ``x`` clipped to [0, 1]."""
+    lower, upper = (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
+    return upper + lower, upper - lower
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, op: _Conv) -> torch.Tensor:

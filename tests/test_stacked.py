@@ -190,28 +190,37 @@ def test_asking_for_cuda_without_a_gpu_says_how_to_fix_it(digits_small, mlp):
 
 
 def test_masked_adam_takes_exactly_torchs_adam_steps():
-    """evaluators.adam avoids torch.sqrt of exact zeros (slow on x86); its updates must be
-    torch.optim.Adam's, bit for bit, with masked (zero-gradient) entries and a changing lr."""
-    from evaluators.adam import MaskedAdam
+    """evaluators.adam: vector-sized candidate slices go through torch's fused Adam, the
+    rest through its foreach arithmetic without torch.sqrt of exact zeros (slow on x86);
+    every update must be torch.optim.Adam's (fused, respectively foreach), bit for bit,
+    with masked (zero-gradient) entries and a changing lr."""
+    from evaluators.adam import MaskedAdam, fused_eligible
 
     generator = torch.Generator().manual_seed(0)
-    start = [torch.randn(4, 16, 16, generator=generator), torch.randn(4, 16, generator=generator)]
+    start = [torch.randn(4, 16, 16, generator=generator), torch.randn(4, 16, generator=generator),
+             torch.randn(4, 10, generator=generator)]
+    assert [fused_eligible(p) for p in start] == [True, True, False]
     mask = (torch.rand(4, 16, 16, generator=generator) > 0.8).float()
     ours = [p.clone().requires_grad_(True) for p in start]
-    theirs = [p.clone().requires_grad_(True) for p in start]
-    masked, reference = MaskedAdam(ours, lr=5e-3), torch.optim.Adam(theirs, lr=5e-3)
+    fused = [p.clone().requires_grad_(True) for p in start[:2]]
+    foreach = [start[2].clone().requires_grad_(True)]
+    optimizers = [MaskedAdam(ours, lr=5e-3), torch.optim.Adam(fused, lr=5e-3, fused=True),
+                  torch.optim.Adam(foreach, lr=5e-3)]
     for step in range(60):
         x = torch.randn(4, 8, 16, generator=generator)
-        for params, optimizer in ((ours, masked), (theirs, reference)):
-            optimizer.zero_grad()
-            ((torch.bmm(x, params[0]) + params[1][:, None, :]) ** 2).mean().backward()
+        lr = 5e-3 * (1 - step / 60)
+        for params, optimizer in ((ours, optimizers[0]), (fused + foreach, None)):
+            for p in params:
+                p.grad = None
+            out = torch.bmm(x, params[0]) + params[1][:, None, :]
+            (out**2).mean().backward()
+            (params[2] ** 2).sum().mul(0.1).backward()
             params[0].grad.mul_(mask)
-            lr = 5e-3 * (1 - step / 60)
-            if optimizer is masked:
-                optimizer.lr = lr
-            else:
-                optimizer.param_groups[0]["lr"] = lr
+        optimizers[0].lr = lr
+        for reference in optimizers[1:]:
+            reference.param_groups[0]["lr"] = lr
+        for optimizer in optimizers:
             optimizer.step()
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, fused + foreach):
         assert torch.equal(a, b)
     assert bool((ours[0][mask == 0] == start[0][mask == 0]).all()), "masked entries must not move"
