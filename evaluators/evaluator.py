@@ -277,7 +277,14 @@ class CandidateEvaluator:
             for i in members:
                 results[i] = self._alone(requests[i])
             return results  # type: ignore[return-value]
-        for i, evaluation in zip(members, self._train_stack([requests[i] for i in members], built, net, start)):
+        stacked = [requests[i] for i in members]
+        try:
+            evaluations = self._train_stack(stacked, built, net, start)
+        except AutoLirpaMissing:
+            raise
+        except Exception:  # whatever went wrong in the shared pass, no candidate is lost for it
+            evaluations = [self._alone(request) for request in stacked]
+        for i, evaluation in zip(members, evaluations):
             results[i] = evaluation
         return results  # type: ignore[return-value]
 
