@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from evaluators.digits import load_digits
 from population.errors import ConfigError, DataError
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "kmnist", "npz")
@@ -172,7 +173,7 @@ def _load_arrays(name: str, path: str | os.PathLike | None) -> tuple[np.ndarray,
                 f"path={os.fspath(path)!r}. Leave path unset, or use name='npz' or an "
                 "MNIST-format name to read files."
             )
-        return _load_digits()
+        return load_digits()
     if name == "npz":
         if path is None:
             raise ConfigError(
@@ -187,31 +188,6 @@ def _load_arrays(name: str, path: str | os.PathLike | None) -> tuple[np.ndarray,
             "t10k-labels-idx1-ubyte[.gz]) or torchvision's download root."
         )
     return _load_idx_dir(name, Path(path))
-
-
-def _load_digits() -> tuple[np.ndarray, np.ndarray, str]:
-    flat = _digits_table()
-    x = (flat[:, :-1].reshape(-1, 8, 8).astype(np.float32) / 16.0)[:, None, :, :]
-    y = flat[:, -1].astype(np.int64)
-    return x, y, "scikit-learn digits"
-
-
-def _digits_table() -> np.ndarray:
-    """scikit-learn's digits table (64 pixels and the label per row), read from the file
-    scikit-learn ships without importing scikit-learn: the import alone takes ~1.8 s, paid
-    by the driver and by every evaluator actor at start-up."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("sklearn")
-    for root in (spec.submodule_search_locations or []) if spec is not None else []:
-        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
-        if path.is_file():
-            with gzip.open(path, "rt") as handle:
-                return np.loadtxt(handle, delimiter=",")
-    from sklearn.datasets import load_digits  # an unusual installation: let scikit-learn find it
-
-    bunch = load_digits()
-    return np.column_stack([bunch.data, bunch.target])
 
 
 

@@ -460,7 +460,7 @@ def test_digits_equal_scikit_learns_and_load_without_importing_it():
 
     from sklearn.datasets import load_digits
 
-    from evaluators.data import _load_digits
+    from evaluators.digits import load_digits as _load_digits
 
     x, y, _ = _load_digits()
     reference = load_digits()
