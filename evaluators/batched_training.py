@@ -24,7 +24,7 @@ from evaluators.adam import MaskedAdam
 from evaluators.data import Split
 from evaluators.settings import TrainingSettings
 from evaluators.stacked import StackedNetwork, input_box
-from evaluators.training import KStartsScores, learning_rate, ramp
+from evaluators.training import KStartsScores, learning_rate, loss_diverged, ramp, weights_diverged
 
 #: Training methods the stacked path implements; others go one at a time.
 STACKED_METHODS = ("clean", "ibp")
@@ -149,7 +149,7 @@ def train_stacked(
             finite = torch.isfinite(losses)
             if not bool(finite[alive].all()):
                 for c in torch.nonzero(alive & ~finite).reshape(-1).tolist():
-                    failures[c] = f"loss became {losses[c].item()} at step {step} of {total} (lr {settings.lr})"
+                    failures[c] = loss_diverged(losses[c].item(), step, total, settings.lr)
                 alive &= finite
                 if not bool(alive.any()):
                     break
@@ -168,10 +168,10 @@ def train_stacked(
             break
     with torch.no_grad():
         gradient_sum = torch.stack([g.flatten(1).sum(1) for g in gradient_acc]).sum(0).double() / kept
-    return _outcomes(net, masked, kept, gradient_sum, alive, failures, total, settings)
+    return _outcomes(net, masked, kept, gradient_sum, failures, total, settings)
 
 
-def _outcomes(net, masked, kept, gradient_sum, alive, failures, total, settings) -> list[StackedOutcome]:
+def _outcomes(net, masked, kept, gradient_sum, failures, total, settings) -> list[StackedOutcome]:
     with torch.no_grad():
         finite = torch.stack([torch.isfinite(p).flatten(1).all(1) for p in net.parameters()]).all(0)
         magnitude = torch.stack([w.abs().flatten(1).sum(1) for w, _ in masked]).sum(0).double() / kept
@@ -180,10 +180,9 @@ def _outcomes(net, masked, kept, gradient_sum, alive, failures, total, settings)
         if failures[c] is not None:
             outcomes.append(StackedOutcome(None, failures[c]))
         elif not bool(finite[c]):
-            outcomes.append(StackedOutcome(None, f"weights became NaN or infinite in the last of {total} steps (lr {settings.lr})"))
+            outcomes.append(StackedOutcome(None, weights_diverged(total, settings.lr)))
         else:
-            m, g = float(magnitude[c]), float(gradient_sum[c])
-            outcomes.append(StackedOutcome(KStartsScores(m, g, math.sqrt(max(m, 0.0) * max(g, 0.0)))))
+            outcomes.append(StackedOutcome(KStartsScores.of(float(magnitude[c]), float(gradient_sum[c]))))
     return outcomes
 
 

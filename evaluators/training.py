@@ -23,6 +23,16 @@ class TrainingDiverged(Exception):
     """The loss became NaN or infinite."""
 
 
+def loss_diverged(loss: float, step: int, total: int, lr: float) -> str:
+    """Why a training stopped: its loss stopped being finite at ``step``."""
+    return f"loss became {loss} at step {step} of {total} (lr {lr})"
+
+
+def weights_diverged(total: int, lr: float) -> str:
+    """Why a training failed: its weights stopped being finite in its last step."""
+    return f"weights became NaN or infinite in the last of {total} steps (lr {lr})"
+
+
 @dataclass(frozen=True)
 class KStartsScores:
     """Scores that rank K random starts after a short training (Haroon, arXiv 2209.02201).
@@ -34,6 +44,11 @@ class KStartsScores:
     magnitude: float
     gradient: float
     combined: float
+
+    @classmethod
+    def of(cls, magnitude: float, gradient: float) -> KStartsScores:
+        """The scores with their geometric mean."""
+        return cls(magnitude, gradient, math.sqrt(max(magnitude, 0.0) * max(gradient, 0.0)))
 
     def to_dict(self) -> dict[str, float]:
         """Plain JSON data."""
@@ -96,7 +111,7 @@ def train_masked(
             eps = settings.eps * progress
             loss = _loss(model, bounded, x, y, eps, progress, settings, num_classes, generator)
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} at step {step} of {total} (lr {settings.lr})")
+                raise TrainingDiverged(loss_diverged(loss.item(), step, total, settings.lr))
             optimizer.zero_grad(set_to_none=False)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(settings, step, total)
@@ -113,9 +128,9 @@ def train_masked(
     model.eval()
     with torch.no_grad():
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise TrainingDiverged(f"weights became NaN or infinite in the last of {total} steps (lr {settings.lr})")
+            raise TrainingDiverged(weights_diverged(total, settings.lr))
         magnitude = sum(float(w.abs().sum()) for w, _ in masked) / kept
-    return KStartsScores(magnitude, gradient_sum, math.sqrt(max(magnitude, 0.0) * max(gradient_sum, 0.0)))
+    return KStartsScores.of(magnitude, gradient_sum)
 
 
 def _loss(
