@@ -329,10 +329,12 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_tune(args: argparse.Namespace) -> int:
+    import time
+
     import ray
 
     from search.config import load_config
-    from search.tune import TUNE_FILE, tune
+    from search.tune import TUNE_FILE, config_key, trial_line, tune
 
     if args.trials < 1:
         raise ConfigError(f"--trials must be >= 1; got {args.trials}")
@@ -345,18 +347,22 @@ def _run_tune(args: argparse.Namespace) -> int:
         uri = args.tracking_uri or f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
         return _trackers(uri, experiment="certevo-tune", tags={"optuna.trial": str(number)})
 
-    def report(study, trial):
-        print(f"trial {trial.number}: hypervolume {trial.value if trial.value is not None else float('nan'):.4f} "
-              f"params {trial.params}", flush=True)
+    started = time.monotonic()
 
+    def report(study, trial):  # plain lines, flushed: readable in a log file or a pipe too
+        print(trial_line(study, trial, args.trials, time.monotonic() - started), flush=True)
+
+    print(f"tuning in {run_dir} until {args.trials} trials have finished (each trial is a whole search); "
+          "one line per finished trial", flush=True)
     try:
         study = tune(base, run_dir, args.trials, budget=args.budget, observers=observers, on_trial=report)
     finally:
         ray.shutdown()
     best = study.best_trial
-    print(f"best trial {best.number}: hypervolume {best.value:.4f}")
+    print(f"best trial #{best.number}: hypervolume {best.value:.4f}")
     for key, value in best.params.items():
-        print(f"  {key} = {value}")
+        print(f"  {config_key(key)} = {value}")
+    print(f"launch a search with these settings:\n  {json.loads((run_dir / 'best.json').read_text())['launch']}")
     print(f"study: {run_dir / 'optuna.journal'} (open with: optuna-dashboard {run_dir / 'optuna.journal'})")
     return 0
 

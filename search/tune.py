@@ -9,8 +9,10 @@ with ``optuna-dashboard <run_dir>/optuna.journal``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable, Sequence
+import shlex
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,58 @@ def suggest_config(trial: optuna.Trial, base: SearchConfig, budget: int) -> Sear
     if budget <= starts:
         raise optuna.TrialPruned(f"budget {budget} leaves nothing after the {starts} evaluations of generation 0")
     return config
+
+
+def config_key(param: str) -> str:
+    """The ``--set`` key of the tuned Optuna parameter ``param``: ``kstarts``,
+    ``population_size``, ``inherit_epochs`` and ``rates.*`` live in the ``search`` section."""
+    sections = {f.name for f in dataclasses.fields(SearchConfig)}
+    return param if param.split(".", 1)[0] in sections else f"search.{param}"
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _yaml_text(value: Any) -> str:
+    # YAML, not repr: a float such as 1e-05 must read back as a float (PyYAML writes 1.0e-05)
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**9).strip()
+    return text[:-3].strip() if text.endswith("\n...") else text
+
+
+def launch_overrides(base: SearchConfig, params: Mapping[str, Any]) -> list[str]:
+    """``KEY=VALUE`` items for ``certevo launch --set`` that rebuild, from the default
+    config, the tuning's base config (its settings that differ from the default, run_dir
+    aside) with the tuned ``params``."""
+    values = _flat(base.to_dict())
+    default = _flat(SearchConfig().to_dict())
+    chosen = {key: value for key, value in values.items() if key != "run_dir" and default.get(key) != value}
+    chosen.update({config_key(name): value for name, value in params.items()})
+    return [f"{key}={_yaml_text(value)}" for key, value in chosen.items()]
+
+
+def launch_command(base: SearchConfig, params: Mapping[str, Any]) -> str:
+    """The ``certevo launch --set ...`` shell command of :func:`launch_overrides`."""
+    return " ".join(["certevo launch", *(f"--set {shlex.quote(item)}" for item in launch_overrides(base, params))])
+
+
+def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: int, elapsed: float) -> str:
+    """One progress line for a trial that just ended: finished trials / ``total``, its
+    hypervolume, the best so far, its duration and ``elapsed`` seconds since tuning began."""
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    took = f"{trial.duration.total_seconds():.0f} s" if trial.duration is not None else "?"
+    clock = f"{int(elapsed // 60)}:{int(elapsed % 60):02d} elapsed"
+    if trial.state != optuna.trial.TrialState.COMPLETE:
+        return f"trial #{trial.number} {trial.state.name.lower()} after {took} ({len(complete)}/{total} finished); {clock}"
+    best = study.best_trial
+    return (f"trial {len(complete)}/{total} (#{trial.number}): hypervolume {trial.value:.4f} | best {best.value:.4f} "
+            f"(#{best.number}) | {took}, {clock}")
 
 
 def storage(run_dir: Path) -> optuna.storages.JournalStorage:
@@ -130,15 +184,16 @@ def tune(
     if remaining > 0:
         callbacks = [lambda study, trial: on_trial(study, trial)] if on_trial else None
         study.optimize(objective, n_trials=remaining, callbacks=callbacks, catch=())
-    _write_best(path, study)
+    _write_best(path, study, base)
     return study
 
 
-def _write_best(path: Path, study: optuna.Study) -> None:
+def _write_best(path: Path, study: optuna.Study, base: SearchConfig) -> None:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         return
     best = study.best_trial
     data: dict[str, Any] = {"best_trial": best.number, "hypervolume": best.value, "params": best.params,
-                            "run_dir": best.user_attrs.get("run_dir"), "trials": len(complete)}
+                            "run_dir": best.user_attrs.get("run_dir"), "trials": len(complete),
+                            "launch": launch_command(base, best.params)}
     (path / "best.json").write_text(json.dumps(data, indent=2))
