@@ -181,7 +181,9 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sort", default="sparsity", help="sort the population by sparsity (default), certified, clean, generation or id")
     p.add_argument("--lineage", metavar="ID", default=None, help="show the ancestry tree of a candidate (id or unique prefix)")
     p.add_argument("--json", action="store_true", help="print everything as JSON (for scripts)")
-    p.add_argument("--plot", metavar="FILE", default=None, help="write the Pareto front and its history as a PNG")
+    p.add_argument("--plot", metavar="FILE", default=None,
+                   help="write the Pareto front (earlier fronts faded) to FILE and its history per generation "
+                        "(hypervolume, best certified accuracy, front size) to FILE-history.png")
     p.set_defaults(handler=_run_inspect)
 
 
@@ -198,10 +200,12 @@ def _run_inspect(args: argparse.Namespace) -> int:
         tree = lineage_tree(state, resolve_id(state, args.lineage))
         info = {"lineage": tree}
     if args.plot:
-        from search.plots import plot_front
+        from search.plots import plot_front, plot_history
 
         points = [(c.record.sparsity, c.record.certified_accuracy) for c in state.front()]
         plot_front(points, args.plot, history=state.history, title=f"{args.run_dir}: Pareto front")
+        plot = Path(args.plot)
+        history_png = plot_history(state.history, plot.with_name(f"{plot.stem}-history{plot.suffix or '.png'}"))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -220,7 +224,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
         ops.add_row(name, str(stats["children"]), str(stats["on_front"]))
     console.print(ops)
     if args.plot:
-        console.print(f"plot written to {args.plot}")
+        console.print(f"plots written to {args.plot} (Pareto front) and {history_png} (history)")
     return 0
 
 

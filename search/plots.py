@@ -22,12 +22,12 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
-from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["activation_text", "front_html", "plot_front", "plot_history", "plot_lineage"]
+from search.lineage_plot import lineage_figure
+
+__all__ = ["activation_text", "front_html", "history_figure", "plot_front", "plot_history", "plot_lineage"]
 
 FRONT_COLOR = "#c0392b"
 DPI = 110
@@ -132,170 +132,53 @@ def plot_front(front_points: Sequence[Any], path: str | Path, *, history: Sequen
     return _save(fig, path)
 
 
-def plot_history(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Hypervolume (top) and front size (bottom) per generation."""
+def history_figure(history: Sequence[Mapping[str, Any]], *, title: str = "search progress") -> Figure:
+    """Per generation: hypervolume (top), the best certified accuracy among the front's
+    members at least as sparse as each level (``best_certified`` of a summary; middle) and
+    the front size (bottom)."""
     gens = [int(h.get("generation", i)) for i, h in enumerate(history)]
-    fig = Figure(figsize=(7.0, 5.0), layout="constrained")
-    top, bottom = fig.subplots(2, 1, sharex=True)
+    fig = Figure(figsize=(7.0, 7.0), layout="constrained")
+    top, middle, bottom = fig.subplots(3, 1, sharex=True)
     top.plot(gens, [float(h["hypervolume"]) for h in history], marker="o", color="#1f77b4")
     top.set_ylabel("hypervolume")
-    top.set_title("search progress")
+    top.set_title(title)
     top.grid(True, alpha=0.3)
+    levels = list(dict.fromkeys(level for h in history for level in (h.get("best_certified") or {})))
+    for level in sorted(levels, key=float):
+        points = [(g, 100 * float(h["best_certified"][level])) for g, h in zip(gens, history)
+                  if level in (h.get("best_certified") or {})]
+        middle.plot([g for g, _ in points], [v for _, v in points], marker=".",
+                    label=f"sparsity >= {100 * float(level):g}%")
+    middle.set_ylabel("best certified (%)")
+    middle.set_ylim(bottom=0)
+    middle.grid(True, alpha=0.3)
+    if levels:
+        middle.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     bottom.bar(gens, [int(h["front_size"]) for h in history], color="#7f8c8d")
     bottom.set_ylabel("front size")
+    bottom.yaxis.set_major_locator(MaxNLocator(integer=True))
     bottom.set_xlabel("generation")
     bottom.grid(True, axis="y", alpha=0.3)
     if gens:
         bottom.set_xticks(gens if len(gens) <= 25 else gens[:: math.ceil(len(gens) / 25)])
     else:
         top.text(0.5, 0.5, "no generation yet", transform=top.transAxes, ha="center", va="center")
-    return _save(fig, path)
+    return fig
+
+
+def plot_history(history: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "search progress") -> Path:
+    """The :func:`history_figure` of ``history`` as a PNG."""
+    return _save(history_figure(history, title=title), path)
 
 
 # -- lineage ------------------------------------------------------------------------------
-def _lineage_nodes(lineage: Any, ids: Sequence[str]) -> tuple[dict[str, int], list[tuple[str, str, str]]]:
-    """Generation of every node (the ids and their ancestors) and the parent->child edges
-    (parent, child, operator of the child)."""
-    nodes: list[str] = []
-    for cid in ids:
-        if cid not in nodes:
-            nodes.append(cid)
-        if cid in lineage:
-            nodes.extend(a for a in lineage.ancestors(cid) if a not in nodes)
-    generation: dict[str, int] = {}
-    edges: list[tuple[str, str, str]] = []
-    for node in nodes:
-        if node in lineage:
-            record = lineage.get(node)
-            generation[node] = int(record.generation)
-            for parent in dict.fromkeys(record.parent_ids):
-                edges.append((parent, node, record.operator))
-    # parents the lineage does not record: one generation before their earliest child
-    for node in nodes:
-        if node not in generation:
-            children = [generation[c] for p, c, _ in edges if p == node and c in generation]
-            generation[node] = (min(children) - 1) if children else 0
-    return generation, edges
-
-
-def _layer_order(generation: dict[str, int], edges: list[tuple[str, str, str]]) -> dict[int, list[str]]:
-    """Nodes of each generation ordered by the barycentre of their parents' positions (a
-    sweep of the Sugiyama heuristic), which keeps edge crossings low."""
-    parents: dict[str, list[str]] = {}
-    for p, c, _ in edges:
-        parents.setdefault(c, []).append(p)
-    layers: dict[int, list[str]] = {}
-    for node, gen in generation.items():
-        layers.setdefault(gen, []).append(node)
-    position: dict[str, float] = {}
-    ordered: dict[int, list[str]] = {}
-    for gen in sorted(layers):
-        members = layers[gen]
-
-        def key(node: str, members: list[str] = members) -> tuple[float, int]:
-            known = [position[p] for p in parents.get(node, ()) if p in position]
-            return (sum(known) / len(known) if known else float(members.index(node)), members.index(node))
-
-        members = sorted(members, key=key)
-        for i, node in enumerate(members):
-            position[node] = i - (len(members) - 1) / 2
-        ordered[gen] = members
-    return ordered
-
-
-def _layout(generation: dict[str, int], edges: list[tuple[str, str, str]]) -> dict[str, tuple[float, float]]:
-    """x = generation, y = spread within the generation. With networkx installed the
-    within-layer coordinates come from ``multipartite_layout`` (nodes inserted in the
-    barycentric order); without it from the order itself."""
-    ordered = _layer_order(generation, edges)
-    try:
-        import networkx as nx
-    except ImportError:  # pragma: no cover - networkx is a torch dependency, normally present
-        nx = None
-    if nx is not None and generation:
-        graph = nx.DiGraph()
-        for gen in sorted(ordered):
-            for node in ordered[gen]:
-                graph.add_node(node, layer=gen)
-        graph.add_edges_from((p, c) for p, c, _ in edges)
-        widest = max(len(m) for m in ordered.values())
-        raw = nx.multipartite_layout(graph, subset_key="layer", align="vertical")
-        # networkx scales x and y together; keep x = generation and give y a spacing of 1
-        # in the widest generation (insertion order runs top to bottom)
-        top = max(abs(float(raw[node][1])) for node in graph.nodes) or 1.0
-        half = (widest - 1) / 2
-        return {node: (float(generation[node]), -float(raw[node][1]) / top * half) for node in graph.nodes}
-    return {node: (float(gen), float(i - (len(members) - 1) / 2))
-            for gen, members in ordered.items() for i, node in enumerate(members)}
-
-
 def plot_lineage(lineage: Any, ids: Sequence[str], path: str | Path, *,
                  title: str = "ancestry of the final front") -> Path:
-    """The ancestry graph of ``ids`` (normally the final front): every ancestor is a node,
-    placed by generation (x axis); edges go parent -> child, coloured by the operator that
-    made the child; front members are drawn as large red-rimmed stars; node colour is the
-    candidate's certified accuracy when the lineage knows it.
-
-    ``lineage`` is a :class:`population.lineage.Lineage`.
-    """
-    ids = list(dict.fromkeys(ids))
-    generation, edges = _lineage_nodes(lineage, ids)
-    pos = _layout(generation, edges)
-    gens = sorted(set(generation.values())) or [0]
-    widest = max((sum(1 for g in generation.values() if g == gen) for gen in gens), default=1)
-    width = min(30.0, max(7.0, 1.3 * (gens[-1] - gens[0] + 1) + 3))
-    height = min(20.0, max(4.5, 0.32 * widest + 2))
-    fig = Figure(figsize=(width, height), layout="constrained")
-    ax = fig.add_subplot()
-    # Colour by the first operator of a combined one ("crossover_uniform+density" ->
-    # crossover_uniform), so the legend stays short.
-    edges = [(p, c, op.split("+")[0]) for p, c, op in edges]
-    operators = sorted({op for _, _, op in edges})
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#d62728"]
-    op_color = {op: palette[i % len(palette)] for i, op in enumerate(operators)}
-    # Edges run left to right (parent generation < child generation): one LineCollection
-    # draws them all, far faster than an arrow patch each.
-    drawn = [(pos[p], pos[c], op_color[op]) for p, c, op in edges if p in pos and c in pos]
-    if drawn:
-        ax.add_collection(LineCollection([[a, b] for a, b, _ in drawn], colors=[col for _, _, col in drawn],
-                                         linewidths=1.0, alpha=0.75, zorder=2))
-
-    def certified(node: str) -> float | None:
-        if node in lineage:
-            objectives = lineage.get(node).objectives
-            if objectives is not None and len(objectives) >= 2 and objectives[1] >= 0:
-                return float(objectives[1])
-        return None
-
-    norm = Normalize(vmin=0.0, vmax=max([certified(n) or 0.0 for n in pos] + [1e-6]))
-    mappable = ScalarMappable(norm=norm, cmap="viridis")
-    front = set(ids)
-    # One scatter per marker kind: a call per node costs seconds on large lineages.
-    for members, style in (
-        ([n for n in pos if n in front], dict(s=190, marker="*", edgecolors=FRONT_COLOR, linewidths=1.6, zorder=4)),
-        ([n for n in pos if n not in front], dict(s=55, marker="o", edgecolors="black", linewidths=0.5, zorder=3)),
-    ):
-        if members:
-            faces = [mappable.to_rgba(certified(n)) if certified(n) is not None else "#dddddd" for n in members]
-            ax.scatter([pos[n][0] for n in members], [pos[n][1] for n in members], color=faces, **style)
-    if len(pos) <= 60:
-        for node, (x, y) in pos.items():
-            ax.annotate(node[:6], (x, y), xytext=(4, 5), textcoords="offset points", fontsize=7,
-                        fontweight="bold" if node in front else "normal")
-    handles = [Line2D([0], [0], color=op_color[op], linewidth=2, label=op) for op in operators]
-    handles.append(Line2D([0], [0], marker="*", linestyle="", markersize=12, markerfacecolor="white",
-                          markeredgecolor=FRONT_COLOR, label="front member"))
-    fig.legend(handles=handles, title="first operator that made the child", loc="outside lower center", fontsize=8,
-               ncols=min(len(handles), 6), frameon=False)
-    fig.colorbar(mappable, ax=ax, label="certified accuracy")
-    ax.set_xlabel("generation")
-    ax.set_xticks(list(range(gens[0], gens[-1] + 1)) if gens[-1] - gens[0] <= 30 else gens)
-    ax.set_yticks([])
-    ys = [y for _, y in pos.values()] or [0.0]
-    ax.set_ylim(min(ys) - 0.7, max(ys) + 0.7)
-    ax.set_xlim(gens[0] - 0.6, gens[-1] + 0.6)
-    ax.set_title(f"{title} ({len(front)} front members, {len(pos)} candidates)")
-    return _save(fig, path)
+    """The ancestry graph of ``ids`` (normally the final front): x = generation, y =
+    sparsity, colour = certified accuracy, faint parent -> child lines, front members as
+    labelled stars (see :mod:`search.lineage_plot`). ``lineage`` is a
+    :class:`population.lineage.Lineage`."""
+    return _save(lineage_figure(lineage, ids, title=title), path)
 
 
 # -- interactive HTML ---------------------------------------------------------------------

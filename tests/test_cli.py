@@ -80,6 +80,9 @@ def test_inspect_table_json_lineage_and_plot(launched, tmp_path):
     out = run("inspect", str(launched), "--plot", str(plot))
     assert out.returncode == 0, out.stderr
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # ... and its history per generation (hypervolume, best certified, front size), as the README promises
+    history = tmp_path / "front-history.png"
+    assert history.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(history) in out.stdout.replace("\n", "")
 
 
 def test_export_then_train(launched, tmp_path):

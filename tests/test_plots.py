@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-import sys
 
 import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.collections import LineCollection, PathCollection
 
 from population.lineage import Lineage, LineageRecord
-from search import plots
+from search import lineage_plot, plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -99,27 +99,22 @@ def test_plot_lineage(tmp_path):
     assert_png(plots.plot_lineage(lineage, front, tmp_path / "lineage.png"))
 
 
-def test_plot_lineage_layout_puts_nodes_at_their_generation(monkeypatch):
+def test_plot_lineage_places_nodes_at_their_generation_and_sparsity():
     lineage, front = lineage_fixture()
-    generation, edges = plots._lineage_nodes(lineage, front)
+    generation, edges = lineage_plot.lineage_nodes(lineage, front)
     assert "k3" not in generation  # only the ancestry of the front is drawn
     assert generation["orphan-parent"] == 2 and generation["d3"] == 3
     assert ("c1", "c2", "crossover_uniform") in edges
-    with_nx = plots._layout(generation, edges)
-    monkeypatch.setitem(sys.modules, "networkx", None)  # import fails: the own layout is used
-    without_nx = plots._layout(generation, edges)
-    for pos in (with_nx, without_nx):
-        assert set(pos) == set(generation)
-        assert all(pos[n][0] == generation[n] for n in pos)
-        for gen in set(generation.values()):  # no two nodes of a generation on top of each other
-            ys = [pos[n][1] for n in pos if generation[n] == gen]
-            assert len(set(ys)) == len(ys)
-
-
-def test_plot_lineage_without_networkx(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "networkx", None)
-    lineage, front = lineage_fixture()
-    assert_png(plots.plot_lineage(lineage, front, tmp_path / "lineage.png"))
+    ax = lineage_plot.lineage_figure(lineage, front).axes[0]
+    points = np.concatenate([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
+    # y is the sparsity in %, x the generation (spread by less than half a generation)
+    scored = {r.candidate_id: r for r in lineage if r.candidate_id in generation and r.objectives is not None}
+    assert len(points) == len(scored)  # x4 and its unrecorded parent have no score: not drawn
+    for cid, record in scored.items():
+        assert any(abs(y - 100 * record.objectives[0]) < 1e-9 and abs(x - record.generation) < 0.4
+                   for x, y in points), cid
+    assert len({(round(x, 6), round(y, 6)) for x, y in points}) == len(points)  # no two nodes on top of each other
+    assert "2 without a score not drawn" in ax.get_title()
 
 
 def test_plot_lineage_of_a_large_ancestry_stays_readable_size(tmp_path):
@@ -132,6 +127,73 @@ def test_plot_lineage_of_a_large_ancestry_stays_readable_size(tmp_path):
     lineage = Lineage(records)
     image = assert_png(plots.plot_lineage(lineage, [f"g39-{i}" for i in range(10)], tmp_path / "big.png"))
     assert image.shape[1] <= 30 * plots.DPI + 1 and image.shape[0] <= 20 * plots.DPI + 1
+
+
+def fifty_generations() -> tuple[Lineage, list[str]]:
+    """A real lineage of 50 generations of 12 children each (one parent per child, drawn from
+    the previous generation), with sparsity and certified accuracy drifting as in a search."""
+    rng = np.random.default_rng(7)
+    records, previous = [], []
+    for i in range(8):
+        record = LineageRecord(f"seed{i:02d}", (), "kstart", 0, (0.5 + 0.05 * i, float(rng.uniform(0.1, 0.4))))
+        records.append(record)
+        previous.append(record)
+    for gen in range(1, 50):
+        current = []
+        for i in range(12):
+            parent = previous[int(rng.integers(len(previous)))]
+            s = float(np.clip(parent.objectives[0] + rng.normal(0.004, 0.02), 0.3, 0.99))
+            c = float(np.clip(parent.objectives[1] - 1.5 * (s - parent.objectives[0]) + rng.normal(0.003, 0.02), 0, 1))
+            op = ("sparsify_proportional", "reallocate", "regrow")[i % 3] + ("+activation" if i % 4 == 0 else "")
+            current.append(LineageRecord(f"g{gen:02d}c{i:02d}", (parent.candidate_id,), op, gen, (s, c)))
+        records.extend(current)
+        previous = sorted(previous + current, key=lambda r: -(r.objectives[1] + 0.5 * r.objectives[0]))[:12]
+    objectives = {r.candidate_id: r.objectives for r in records}
+    front = [a for a, (sa, ca) in objectives.items()
+             if not any(sb >= sa and cb >= ca and (sb, cb) != (sa, ca) for sb, cb in objectives.values())]
+    return Lineage(records), front
+
+
+def test_lineage_of_50_generations_has_meaningful_axes_and_stays_legible(tmp_path):
+    lineage, front = fifty_generations()
+    assert len(front) >= 5
+    fig = lineage_plot.lineage_figure(lineage, front)
+    ax, bar = fig.axes[0], fig.axes[1]
+    drawn = {cid: lineage.get(cid) for cid in [*front, *{a for f in front for a in lineage.ancestors(f)}]}
+    assert ax.get_xlabel() == "generation" and ax.get_ylabel() == "sparsity (%)"
+    gens = [r.generation for r in drawn.values()]
+    sparsity = [100 * r.objectives[0] for r in drawn.values()]
+    lo, hi = ax.get_xlim()
+    assert min(gens) - 1 <= lo <= min(gens) - 0.4 and max(gens) + 0.4 <= hi <= max(gens) + 1
+    bottom, top = ax.get_ylim()
+    assert 0 <= bottom <= min(sparsity) and max(sparsity) <= top <= 100
+    # colour = certified accuracy, with its colourbar
+    assert bar.get_ylabel() == "certified accuracy (%)"
+    assert bar.get_ylim()[1] == pytest.approx(max(100 * r.objectives[1] for r in drawn.values()))
+    # legible at 50 generations: bounded size, ~15 generation ticks, only front members named
+    width, height = fig.get_size_inches()
+    assert width <= 14 and height <= 6
+    assert len([t for t in ax.get_xticks() if lo <= t <= hi]) <= 16
+    labels = [t.get_text() for t in ax.texts]
+    assert 0 < len(labels) <= lineage_plot.MAX_LABELS
+    assert all(any(cid.startswith(label) for cid in front) for label in labels)
+    # parent -> child edges: every one drawn, thin and faint
+    (edges,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(edges.get_segments()) == sum(len(r.parent_ids) for r in drawn.values())
+    assert max(edges.get_linewidths()) <= 1.0 and edges.get_alpha() <= 0.5
+    image = assert_png(plots.plot_lineage(lineage, front, tmp_path / "lineage.png"))
+    assert image.shape[1] <= 14 * plots.DPI + 1 and image.shape[0] <= 6 * plots.DPI + 1
+
+
+def test_history_figure_shows_hypervolume_best_certified_and_front_size():
+    history = [dict(h, best_certified={"0.5": 0.1 + 0.05 * i, "0.9": 0.05 * i}) for i, h in enumerate(HISTORY)]
+    fig = plots.history_figure(history)
+    top, middle, bottom = fig.axes[:3]
+    assert (top.get_ylabel(), middle.get_ylabel(), bottom.get_ylabel()) == (
+        "hypervolume", "best certified (%)", "front size")
+    assert bottom.get_xlabel() == "generation"
+    lines = {line.get_label(): list(line.get_ydata()) for line in middle.get_lines()}
+    assert lines == {"sparsity >= 50%": pytest.approx([10, 15, 20]), "sparsity >= 90%": pytest.approx([0, 5, 10])}
 
 
 @pytest.mark.parametrize("pattern,text", [
