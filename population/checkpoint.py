@@ -21,7 +21,9 @@ from population.errors import CheckpointError, ConfigError
 from population.genome import Genome
 
 CHECKPOINT_FORMAT = "certevo-checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2
+#: Versions ``load`` reads: 1 (before manifests were hashed) and 2.
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "state.json"
 _ARRAYS_PATTERN = re.compile(r"^arrays-[0-9a-f]{16}\.safetensors$")
 
@@ -29,7 +31,9 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_FORMAT_VERSION",
     "MANIFEST_NAME",
+    "READABLE_VERSIONS",
     "CheckpointStore",
+    "manifest_sha256",
     "pack_genomes",
     "restore_rng",
     "rng_state",
@@ -41,8 +45,13 @@ class CheckpointStore:
     """The latest checkpoint of one search, in ``directory``.
 
     Layout: ``state.json`` (the manifest) and ``arrays-<sha256[:16]>.safetensors``. The
-    manifest holds ``format`` (``"certevo-checkpoint"``), ``format_version`` (1),
-    ``generation``, ``arrays_file``, ``arrays_sha256`` and the caller's JSON ``state``.
+    manifest holds ``format`` (``"certevo-checkpoint"``), ``format_version`` (2),
+    ``generation``, ``arrays_file``, ``arrays_sha256``, the caller's JSON ``state`` and
+    ``manifest_sha256``: :func:`manifest_sha256` of everything else in it. So both files
+    are covered by a hash: an edited value anywhere in ``state.json`` is refused on load
+    like damaged arrays are, instead of the resumed search silently diverging. Version 1
+    manifests (written before that hash existed) are still read, without it: their
+    arrays are checked as before.
 
     Contract:
 
@@ -57,7 +66,8 @@ class CheckpointStore:
       ``load`` returns fresh objects, so neither side can change a stored checkpoint.
     * ``load`` refuses loudly (:class:`~population.errors.CheckpointError` naming the
       file, what is wrong and what to do) on a missing, truncated, damaged (sha256
-      mismatch) or foreign (other format name or version) checkpoint; it never falls back
+      mismatch of the arrays or of the manifest itself) or foreign (other format name or
+      version) checkpoint; it never falls back
       to something else silently.
     * JSON round trip: tuples in ``state`` come back as lists, dict keys as strings.
     """
@@ -114,6 +124,7 @@ class CheckpointStore:
             "arrays_sha256": sha,
             "state": state_data,
         }
+        manifest["manifest_sha256"] = manifest_sha256(manifest)
         self.directory.mkdir(parents=True, exist_ok=True)
         atomic_write(self.directory / arrays_name, blob)
         atomic_write(self.manifest_path, json.dumps(manifest, indent=1).encode())
@@ -150,11 +161,11 @@ class CheckpointStore:
                 f"{path} has format {found!r}, not {CHECKPOINT_FORMAT!r}: it is not a certevo "
                 "checkpoint; point --resume at the run directory a certevo search wrote"
             )
-        if manifest.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        version = manifest.get("format_version")
+        if isinstance(version, bool) or version not in READABLE_VERSIONS:
             raise CheckpointError(
-                f"{path} has checkpoint format version {manifest.get('format_version')!r}; "
-                f"this certevo reads version {CHECKPOINT_FORMAT_VERSION}; resume with the "
-                "certevo version that wrote it"
+                f"{path} has checkpoint format version {version!r}; this certevo reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}; resume with the certevo version that wrote it"
             )
         problems = []
         if not isinstance(manifest.get("generation"), int) or isinstance(manifest.get("generation"), bool):
@@ -169,6 +180,14 @@ class CheckpointStore:
             raise CheckpointError(
                 f"checkpoint manifest {path} is damaged: {'; '.join(problems)}; restore it "
                 "from a backup or start a new search"
+            )
+        if version >= 2 and manifest.get("manifest_sha256") != manifest_sha256(manifest):
+            raise CheckpointError(
+                f"checkpoint manifest {path} does not match its sha256 (recorded "
+                f"{manifest.get('manifest_sha256')!r}, content {manifest_sha256(manifest)}): it was edited or "
+                "damaged after the search wrote it, and resuming from it would silently diverge from the search; "
+                "undo the edit or restore the file from a backup (a copy of the whole run directory), or start a "
+                "new search"
             )
         return manifest
 
@@ -203,6 +222,13 @@ class CheckpointStore:
                 "file is truncated or damaged; restore it from a backup"
             ) from exc
         return manifest["state"], dict(arrays)
+
+
+def manifest_sha256(manifest: Mapping[str, Any]) -> str:
+    """sha256 of a checkpoint manifest's content, ``manifest_sha256`` itself left out:
+    canonical JSON (sorted keys, no spaces), so it does not depend on the file's layout."""
+    content = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- genomes

@@ -16,6 +16,7 @@ from hypothesis.extra import numpy as hnp
 from population.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointStore,
+    manifest_sha256,
     pack_genomes,
     restore_rng,
     rng_state,
@@ -65,7 +66,7 @@ def test_roundtrip_is_lossless(saved):
     assert [g.id for g in genomes] == [g.id for g in population()]
     assert genomes[3].neuron_activations == population()[3].neuron_activations
     manifest = json.loads(store.manifest_path.read_text())
-    assert manifest["format"] == CHECKPOINT_FORMAT and manifest["format_version"] == 1
+    assert manifest["format"] == CHECKPOINT_FORMAT and manifest["format_version"] == 2
     assert manifest["generation"] == 3 and len(manifest["arrays_sha256"]) == 64
 
 
@@ -168,6 +169,7 @@ def test_truncated_arrays(saved):
 
     manifest = json.loads(store.manifest_path.read_text())
     manifest["arrays_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest["manifest_sha256"] = manifest_sha256(manifest)
     store.manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match=rf"{path.name}.*cannot be read as safetensors"):
         store.load()
@@ -192,7 +194,7 @@ def test_truncated_manifest(saved):
     ("change", "message"),
     [
         ({"format": "optuna-journal"}, "not a certevo checkpoint"),
-        ({"format_version": 2}, "format version 2"),
+        ({"format_version": 3}, "format version 3"),
         ({"arrays_file": "../../etc/passwd"}, "damaged: arrays_file"),
         ({"generation": "three"}, "damaged: generation"),
     ],
