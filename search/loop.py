@@ -25,7 +25,7 @@ from population.lineage import LineageRecord
 from population.seeds import derive_seed
 from search.config import SearchConfig, config_from_dict
 from search.islands import Island, initial_snapshots, offspring_counts
-from search.journal import EvaluationJournal
+from search.journal import EvaluationJournal, journal_digest
 from search.state import Candidate, SearchState, objectives, split_trained, trained_arrays
 from search.strategies import PRUNED_START_ALLOCATIONS, CoevolutionStrategy, Proposal, Strategy, make_strategy
 
@@ -71,8 +71,10 @@ class Search:
         self.state = state
         self.observers = list(observers)
         self.store = CheckpointStore(run_dir / "checkpoint")
-        self.journal = EvaluationJournal(run_dir)
-        self._cached = self.journal.records()
+        self.journal = EvaluationJournal(run_dir, journal_digest(config))
+        # Records without a digest (older journals) only when a checkpoint of this
+        # configuration exists: resume has checked config.yaml against it.
+        self._cached = self.journal.recover(accept_unstamped=self.store.exists())
         self.pool: EvaluationPool | None = None
         self.islands: list[Any] = []
         self._migrated: list[list[str]] | None = None
