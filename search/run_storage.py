@@ -24,6 +24,19 @@ manifest ``checkpoint/state.json`` goes last, so the remote never names arrays i
 hold yet; files the search deleted locally (an older checkpoint's arrays) are deleted
 remotely afterwards — only files this mirror synced, never anything else under the URI.
 Files being written (``.certevo-tmp-*``) are skipped.
+
+One driver per run directory (``search.run_lock``): ``prepare_launch`` and
+``prepare_resume`` lock it until ``close``, and refuse, naming the holder, if another
+driver holds it. A local path is locked with ``flock`` on ``<run_dir>/.certevo.lock``
+(released by the kernel when the driver dies, however it dies). A remote URI cannot be
+flocked: the staging directory's lock keeps one process per machine, and a lock object
+``<uri>/.certevo-lock.json`` (holder, heartbeat every 30 s) keeps one driver across
+machines; a killed driver's lock is taken over once its heartbeat is 5 minutes old, or at
+once from the same host if its process is gone. That object is written, then read back a
+second later, so two drivers starting together do not both win (object stores have no
+atomic create-if-absent through pyarrow: the guarantee assumes reads see the latest write,
+as S3 and GCS do). A driver whose lock was taken over (its heartbeat could not be written
+for 5 minutes) stops uploading: ``sync`` raises :class:`StorageError`.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ from typing import Any
 
 from population.errors import CertevoError, CheckpointError, ConfigError
 from population.files import TMP_PREFIX
+from search.run_lock import LOCK_FILE, REMOTE_LOCK_FILE, RemoteRunLock, RunLock
 
 #: Environment variable naming the root of the staging directories.
 STAGING_ENV = "CERTEVO_STAGING_DIR"
@@ -139,6 +153,8 @@ class RunStorage:
         self.remote_path = ""
         self._synced: dict[str, tuple[int, int]] = {}
         self._lock: Any = None
+        self._run_lock: RunLock | None = None
+        self._remote_lock: RemoteRunLock | None = None
         if not _URI.match(self.uri):
             self.local_dir = Path(self.uri)
             return
@@ -168,7 +184,14 @@ class RunStorage:
         self.close()
 
     def close(self) -> None:
-        """Release the staging lock (the process exiting releases it too)."""
+        """Release the run directory's lock and the staging lock (the process exiting
+        releases the local ones too; a remote lock object then goes stale)."""
+        if self._run_lock is not None:
+            self._run_lock.release()
+            self._run_lock = None
+        if self._remote_lock is not None:
+            self._remote_lock.release()
+            self._remote_lock = None
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -190,6 +213,21 @@ class RunStorage:
                 "directory if that process is gone"
             ) from exc
         self._lock = handle
+
+    def lock(self) -> None:
+        """Hold the run directory for this driver (see the module docstring), or raise
+        ``RunDirectoryLocked`` naming the driver that holds it. Idempotent."""
+        if self.remote:
+            if self._remote_lock is None:
+                lock = RemoteRunLock(self.filesystem, self._remote(REMOTE_LOCK_FILE), self.uri)
+                lock.acquire()
+                self._remote_lock = lock
+        elif self._run_lock is None:
+            self._run_lock = RunLock.acquire(self.local_dir, label=self.uri)
+
+    def is_empty(self) -> bool:
+        """Whether the local run directory is missing or holds nothing but the lock."""
+        return not self.local_dir.is_dir() or all(p.name == LOCK_FILE for p in self.local_dir.iterdir())
 
     # -- remote listing ------------------------------------------------------------
     def _remote(self, rel: str) -> str:
@@ -218,7 +256,9 @@ class RunStorage:
     # -- launch and resume ------------------------------------------------------------
     def prepare_launch(self) -> None:
         """Before a new search: refuse a remote run directory that holds one (as
-        ``Search.create`` does locally) and empty stale staging from an earlier session."""
+        ``Search.create`` does locally) and empty stale staging from an earlier session.
+        Locks the run directory first."""
+        self.lock()
         if not self.remote:
             return
         if self.holds_search():
@@ -229,9 +269,13 @@ class RunStorage:
         self._clear_staging()
 
     def prepare_resume(self) -> None:
-        """Before resuming: make the staging directory an exact copy of the remote run."""
+        """Before resuming: lock the run directory, and make the staging directory an exact
+        copy of the remote run."""
         if not self.remote:
+            if self.local_dir.is_dir():  # else Search.resume says it is not a run directory
+                self.lock()
             return
+        self.lock()
         files = self.remote_files()
         if CONFIG_FILE not in files:
             raise CheckpointError(
@@ -240,7 +284,7 @@ class RunStorage:
             )
         self._clear_staging()
         for rel in sorted(files):
-            if Path(rel).name.startswith(TMP_PREFIX):
+            if Path(rel).name.startswith(TMP_PREFIX) or rel == REMOTE_LOCK_FILE:
                 continue
             target = self.local_dir / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -278,6 +322,10 @@ class RunStorage:
         number of files uploaded."""
         if not self.remote:
             return 0
+        if self._remote_lock is not None and self._remote_lock.lost:
+            raise StorageError(f"run directory {self.uri}: another driver took over its lock ({self._remote_lock.lost}) "
+                               "after this one could not refresh it; this driver no longer uploads, its files are in "
+                               f"the staging directory {self.local_dir}")
         current: dict[str, tuple[int, int]] = {}
         changed: list[tuple[str, Path]] = []
         for rel, path in self._local_files():

@@ -110,6 +110,7 @@ def test_sync_uploads_changes_only_and_deletes_only_what_it_synced(memory_uri, t
         (run / "checkpoint" / "state.json").write_text('{"generation": 1}')
         assert storage.sync() == 2
         remote = _remote_tree(memory_uri)
+        assert json.loads(remote.pop(".certevo-lock.json"))["pid"] == os.getpid()  # this driver's lock, held
         assert remote == {"NOTES.txt": b"a file the user put there", "config.yaml": b"search: {}\n",
                           "checkpoint/arrays-1111111111111111.safetensors": b"new",
                           "checkpoint/state.json": b'{"generation": 1}'}
