@@ -157,16 +157,12 @@ def _run_resume(args: argparse.Namespace) -> int:
     from search.loop import Search
     from search.progress import ConsoleProgress
     from search.run_storage import RunStorage
+    from search.tracking_location import resume_tracking_uri
 
     with RunStorage(args.run_dir) as storage:  # a local path, or a URI downloaded to local staging
         storage.prepare_resume()
-        uri = args.tracking_uri
-        run_file = storage.local_dir / "mlflow_run.json"
-        if uri is None and run_file.is_file():
-            try:
-                uri = storage.tracking_uri(json.loads(run_file.read_text()).get("tracking_uri"))
-            except ValueError:
-                uri = None
+        # The default store is the one in the run directory where it is now (moved, copied, staged).
+        uri = args.tracking_uri if args.tracking_uri is not None else resume_tracking_uri(storage.local_dir)
         trackers = _trackers(uri)
         search = Search.resume(storage.local_dir, generations=args.generations,
                                evaluation_budget=args.evaluation_budget,

@@ -373,19 +373,6 @@ class RunStorage:
         """The search observers this storage needs: a mirror for a remote run, else none."""
         return [RunMirror(self)] if self.remote else []
 
-    def tracking_uri(self, saved: str | None) -> str | None:
-        """The MLflow tracking URI to resume with: a SQLite store recorded in another
-        staging directory (another staging root) becomes the one downloaded here. Its
-        experiment's artifact root still names the old place: keep the staging path the
-        same on every machine (the default does), or use a tracking server."""
-        if not self.remote or not saved or not saved.startswith("sqlite:///"):
-            return saved
-        database = Path(saved[len("sqlite:///"):].split("?", 1)[0])
-        local = self.local_dir.resolve() / database.name
-        if database.parent != self.local_dir.resolve() and local.is_file():
-            return f"sqlite:///{local}"
-        return saved
-
 
 class RunMirror:
     """Search observer that mirrors the staging directory to the remote run directory:

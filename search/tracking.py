@@ -1014,7 +1014,8 @@ class MlflowTracker:
 
     def _write_run_file(self) -> None:
         data = {"run_id": self.run_id, "experiment_id": self.experiment_id, "experiment_name": self.experiment_name,
-                "tracking_uri": self.tracking_uri}
+                "tracking_uri": self.tracking_uri,  # search.tracking_location: a moved run directory finds
+                "default_store": self.tracking_uri == f"sqlite:///{self.run_dir / 'mlflow.db'}"}  # its own store
         tmp = self.run_dir / f".{RUN_FILE}.tmp"
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(self.run_dir / RUN_FILE)
