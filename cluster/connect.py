@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,11 +47,12 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
     else:
         kwargs.update(address=address, runtime_env=_runtime_env())
     try:
-        if address is None or _is_loopback_only_ray(address):
-            with _loopback_only():
+        with _keep_sigterm_handler():
+            if address is None or _is_loopback_only_ray(address):
+                with _loopback_only():
+                    ray.init(**kwargs)
+            else:
                 ray.init(**kwargs)
-        else:
-            ray.init(**kwargs)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError or its AuthenticationError
         if address is not None and _is_authentication_failure(exc):
             mode = os.environ.get("RAY_AUTH_MODE")
@@ -72,6 +75,21 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
             f"(`ray status`), or leave the address out to start a local Ray{hint}"
         ) from exc
     return ray.cluster_resources()
+
+
+@contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """Keep the application's own SIGTERM handler across ``ray.init``: Ray replaces it
+    with ``sys.exit(15)``, which ends a search in an unclean interpreter exit (SIGABRT, a
+    stack dump, no resume hint) instead of the stop the application set up (certevo's CLI
+    stops on SIGTERM as on Ctrl-C). A default or ignored disposition is left to Ray."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(before):
+            signal.signal(signal.SIGTERM, before)
 
 
 # Ray's switch for "no multi-node cluster on this machine" (meant for macOS/Windows): with
