@@ -18,7 +18,7 @@ Contract
   ``mlflow.source.git.commit``) when known, ``config_digest``, ``run_dir``, ``strategy``.
   Metrics per generation (``step`` = generation), all in one ``log_batch`` call:
   ``hypervolume``, ``front_size``, ``evaluations``, ``evaluations_per_minute``,
-  ``failures``, ``best_certified_at_<level>`` (e.g. ``best_certified_at_0.9``).
+  ``failures``, ``best_certified_at_<level>``. The data set is a dataset input (search.tracking_names).
 * Artifacts (written to ``<run_dir>/artifacts/`` first, then uploaded with the same
   relative paths): ``fronts/front_gen_<ggg>.png`` per generation; ``masks/<id>.json`` +
   ``masks/<id>.safetensors`` (``Genome.save``) of every candidate that has a child run
@@ -26,7 +26,7 @@ Contract
   with earlier fronts faded: a copy of the last generation's ``fronts/`` picture, which
   shows exactly that), ``history.png``, ``front.html`` (self-contained, interactive),
   ``front.json``, ``lineage.csv`` and ``lineage.png``.
-* **Child runs** (tag ``mlflow.parentRunId``; run name = candidate id), one per candidate
+* **Child runs** (tag ``mlflow.parentRunId``; named ``s<sparsity>-cert<certified>-<id>``), one per candidate
   that was on the front at the end of some generation, created (by the background thread)
   at the generation it entered the front, so the end of the search only creates those of
   the last generation. Rule: **the child runs tagged ``certevo.on_front=true`` are exactly
@@ -108,6 +108,7 @@ from pathlib import Path
 from typing import Any
 
 from search import plots
+from search.tracking_names import child_run_name, log_dataset_input
 
 __all__ = ["MlflowTracker", "TrackingWarning", "flatten_config", "git_commit"]
 
@@ -545,6 +546,7 @@ class MlflowTracker:
                 self._queue_front_png(entry, [h for h in history if int(h["generation"]) < int(entry["generation"])])
         self._submit("start or reopen the parent run", self._op_start_run)
         self._submit("parameters and tags of the parent run", self._op_params)
+        self._submit("data set input", functools.partial(log_dataset_input, self._get_client, self._run, config.data))
         self._submit("child runs of earlier sessions", self._op_find_children)
         if history:
             self._submit("metrics and fronts of the generations before this session",
@@ -1115,7 +1117,7 @@ class MlflowTracker:
                     "mask_artifact": f"masks/{cid}"}
             if generation is not None:
                 tags["generation"] = str(generation)
-            child = client.create_run(self.experiment_id, run_name=cid, tags=tags).info.run_id
+            child = client.create_run(self.experiment_id, run_name=child_run_name(candidate), tags=tags).info.run_id
             self._child_pending[cid] = child
             self._on_front_tag[cid] = "true"
         pattern = candidate.genome.activation_pattern()

@@ -232,26 +232,26 @@ def check_logged(client: MlflowClient, tracked: Tracked, tmp_path: Path) -> None
     # the rule: child runs tagged on_front=true == the final front; the others were on the
     # front of an earlier generation and left it
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{tracker.run_id}'")
-    names = [c.info.run_name for c in children]
+    names = [c.data.tags["certevo.candidate_id"] for c in children]
     assert len(names) == len(set(names))
-    assert {c.info.run_name for c in children if c.data.tags["certevo.on_front"] == "true"} == front_ids
+    assert {cid for c, cid in zip(children, names) if c.data.tags["certevo.on_front"] == "true"} == front_ids
     ever_on_front = {str(p[0]) for h in history for p in h["front"]}
     assert set(names) == ever_on_front
     for child in children:
         assert child.data.tags["certevo.on_front"] in ("true", "false")
-        cid = child.info.run_name
+        cid = child.data.tags["certevo.candidate_id"]
         assert {f"masks/{cid}.json", f"masks/{cid}.safetensors"} <= paths  # every child run's mask_artifact exists
-        record = search.state.archive[child.info.run_name].record
+        record = search.state.archive[cid].record
         assert child.info.status == "FINISHED"
-        assert child.data.tags["certevo.candidate_id"] == child.info.run_name
+        assert child.info.run_name == f"s{record.sparsity:.3f}-cert{record.certified_accuracy:.3f}-{cid[:8]}"
         assert child.data.metrics["certified_accuracy"] == pytest.approx(record.certified_accuracy)
         assert child.data.metrics["clean_accuracy"] == pytest.approx(record.clean_accuracy)
         assert child.data.metrics["sparsity"] == pytest.approx(record.sparsity)
         for layer, value in record.layer_sparsity.items():
             assert float(child.data.params[f"layer_sparsity.{layer}"]) == pytest.approx(value, rel=1e-5)
-        genome = search.state.archive[child.info.run_name].genome
+        genome = search.state.archive[cid].genome
         assert json.loads(child.data.params["activations"]) == genome.activation_pattern()
-        assert child.data.tags["mask_artifact"] == f"masks/{child.info.run_name}"
+        assert child.data.tags["mask_artifact"] == f"masks/{cid}"
 
 
 def check_local_artifacts(run_dir: Path, generations: int = GENERATIONS) -> None:
@@ -335,7 +335,7 @@ class ChildRunProbe:
             if self.tracker.run_id is not None and self.tracker.experiment_id is not None:
                 children = client.search_runs([self.tracker.experiment_id],
                                               f"tags.mlflow.parentRunId = '{self.tracker.run_id}'")
-                self.seen = {c.info.run_name for c in children
+                self.seen = {c.data.tags["certevo.candidate_id"] for c in children
                              if c.data.tags.get("certevo.on_front") == "true" and c.info.status == "FINISHED"}
                 if self.seen == self.expected:
                     return
@@ -371,10 +371,10 @@ def test_resume_reopens_the_same_parent_run(ray_session, tmp_path):
     hv = client.get_metric_history(second.run_id, "hypervolume")
     assert sorted(m.step for m in hv) == list(range(GENERATIONS + 1))
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{second.run_id}'")
-    names = [c.info.run_name for c in children]
+    names = [c.data.tags["certevo.candidate_id"] for c in children]
     assert len(names) == len(set(names))  # a member of both fronts has one child run
     front_ids = {c.id for c in resumed.state.front()}
-    on_front = {c.info.run_name for c in children if c.data.tags["certevo.on_front"] == "true"}
+    on_front = {c.data.tags["certevo.candidate_id"] for c in children if c.data.tags["certevo.on_front"] == "true"}
     assert on_front == front_ids
     assert len(client.search_runs([run.info.experiment_id], "tags.mlflow.parentRunId = ''")) == 0
     check_local_artifacts(run_dir)
@@ -437,7 +437,7 @@ def test_server_restarted_before_the_end_receives_the_backlog(ray_session, mlflo
     paths = artifact_paths(client, tracker.run_id)
     assert {"fronts/front_gen_001.png", "fronts/front_gen_002.png"} | FINAL_FILES <= paths
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{tracker.run_id}'")
-    on_front = {c.info.run_name for c in children if c.data.tags["certevo.on_front"] == "true"}
+    on_front = {c.data.tags["certevo.candidate_id"] for c in children if c.data.tags["certevo.on_front"] == "true"}
     assert on_front == {c.id for c in tracked.search.state.front()}
 
 
