@@ -116,7 +116,8 @@ def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, total: int,
     hypervolume, the best so far, its duration and ``elapsed`` seconds since tuning began."""
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     took = f"{trial.duration.total_seconds():.0f} s" if trial.duration is not None else "?"
-    clock = f"{int(elapsed // 60)}:{int(elapsed % 60):02d} elapsed"
+    seconds = round(elapsed)
+    clock = f"{seconds // 60}:{seconds % 60:02d} elapsed"
     if trial.state != optuna.trial.TrialState.COMPLETE:
         return f"trial #{trial.number} {trial.state.name.lower()} after {took} ({len(complete)}/{total} finished); {clock}"
     best = study.best_trial
