@@ -17,7 +17,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from evaluators.digits import load_digits
+from evaluators.npz import load_npz
 from population.errors import ConfigError, DataError
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "kmnist", "npz")
@@ -179,7 +179,7 @@ def _load_arrays(name: str, path: str | os.PathLike | None) -> tuple[np.ndarray,
             raise ConfigError(
                 "Data set 'npz' needs path= pointing to a .npz file with arrays 'x' and 'y'."
             )
-        return _load_npz(Path(path))
+        return load_npz(Path(path).expanduser())
     if path is None:
         raise ConfigError(
             f"Data set {name!r} is read from your own files and needs path=: pass a "
@@ -187,7 +187,7 @@ def _load_arrays(name: str, path: str | os.PathLike | None) -> tuple[np.ndarray,
             "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
             "t10k-labels-idx1-ubyte[.gz]) or torchvision's download root."
         )
-    return _load_idx_dir(name, Path(path))
+    return _load_idx_dir(name, Path(path).expanduser())
 
 
 
@@ -321,95 +321,11 @@ def _read_idx(file: Path, magic: int, *, ndim: int, kind: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, count=expected, offset=header).reshape(dims)
 
 
-def _load_npz(file: Path) -> tuple[np.ndarray, np.ndarray, str]:
-    source = str(file)
-    if not file.is_file():
-        raise DataError(
-            f"npz file {source!r} does not exist or is not a file. Pass the path of a .npz "
-            "file saved with numpy.savez(path, x=images, y=labels)."
-        )
-    try:
-        with np.load(file, allow_pickle=False) as archive:
-            missing = [key for key in ("x", "y") if key not in archive.files]
-            if missing:
-                raise DataError(
-                    f"{source!r} has no array {' or '.join(repr(k) for k in missing)} "
-                    f"(arrays found: {archive.files}). Save it with "
-                    "numpy.savez(path, x=images, y=labels)."
-                )
-            x, y = archive["x"], archive["y"]
-    except DataError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(
-            f"Cannot read {source!r} as a .npz archive of plain arrays: {exc}. Save it with "
-            "numpy.savez(path, x=images, y=labels) using numeric arrays (no objects)."
-        ) from exc
-    return _npz_images(x, source), _npz_labels(y, len(x), source), source
-
-
-def _npz_images(x: np.ndarray, source: str) -> np.ndarray:
-    if x.ndim == 2:
-        x = x[:, None, None, :]
-    elif x.ndim == 3:
-        x = x[:, None, :, :]
-    elif x.ndim != 4:
-        raise DataError(
-            f"{source!r}: array 'x' has shape {x.shape}; expected [N, D], [N, H, W] or "
-            "[N, C, H, W]. Reshape the images to one of these."
-        )
-    if len(x) == 0 or 0 in x.shape:
-        raise DataError(f"{source!r}: array 'x' is empty (shape {x.shape}). Save some images.")
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / np.float32(255.0)
-    if x.dtype == np.bool_:
-        return x.astype(np.float32)
-    if not np.issubdtype(x.dtype, np.floating):
-        raise DataError(
-            f"{source!r}: array 'x' has dtype {x.dtype}; expected uint8 (0..255) or float "
-            "(in [0, 1]). Convert it, e.g. x.astype('float32') / x.max()."
-        )
-    x = x.astype(np.float32)
-    bad = int(np.count_nonzero(~np.isfinite(x)))
-    if bad:
-        raise DataError(
-            f"{source!r}: array 'x' contains {bad} NaN or infinite values. Pixels must be "
-            "finite and scaled to [0, 1]; clean or drop those images."
-        )
-    low, high = float(x.min()), float(x.max())
-    if low < 0.0 or high > 1.0:
-        outside = int(np.count_nonzero((x < 0.0) | (x > 1.0)))
-        raise DataError(
-            f"{source!r}: array 'x' has values in [{low:g}, {high:g}] ({outside} outside "
-            "[0, 1]). Pixels must be scaled to [0, 1], e.g. x / 255 for 8-bit images."
-        )
-    return x
-
-
-def _npz_labels(y: np.ndarray, count: int, source: str) -> np.ndarray:
-    if y.ndim != 1:
-        raise DataError(
-            f"{source!r}: array 'y' has shape {y.shape}; expected one integer label per "
-            "image, shape [N]. Flatten it, or convert one-hot labels with argmax."
-        )
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DataError(
-            f"{source!r}: array 'y' has dtype {y.dtype}; labels must be integers 0..K-1. "
-            "Convert them, e.g. y.astype('int64')."
-        )
-    if len(y) != count:
-        raise DataError(
-            f"{source!r}: array 'x' holds {count} images but 'y' holds {len(y)} labels. "
-            "Save one label per image."
-        )
-    return y.astype(np.int64)
-
-
 # --------------------------------------------------------------------------- checks
 
 
 def _check_labels(y: np.ndarray, source: str) -> int:
-    """Validate labels and return the number of classes (largest label + 1)."""
+    """Validate labels (class indices 0..K-1, every class present, K >= 2) and return K."""
     if len(y) == 0:
         raise DataError(f"{source!r} holds no samples. Use a data set with some images.")
     negative = int(np.count_nonzero(y < 0))
@@ -418,7 +334,23 @@ def _check_labels(y: np.ndarray, source: str) -> int:
             f"{source!r}: {negative} labels are negative (smallest {int(y.min())}). Labels "
             "must be class indices 0..K-1; remap them."
         )
-    return int(y.max()) + 1
+    present = np.unique(y)
+    if len(present) < 2:
+        raise DataError(
+            f"{source!r}: every sample has label {int(present[0])}, so there is one class; a classifier needs "
+            "at least two. Use a data set with two or more classes (labels 0..K-1)."
+        )
+    num_classes = int(present[-1]) + 1
+    if len(present) < num_classes:
+        empty = sorted(set(range(num_classes)) - set(present.tolist()))
+        shown = ", ".join(map(str, empty[:8])) + (f" and {len(empty) - 8} more" if len(empty) > 8 else "")
+        raise DataError(
+            f"{source!r}: labels go up to {num_classes - 1}, which makes a {num_classes}-class model, but classes "
+            f"{shown} have no samples ({len(present)} distinct labels). Labels must be class indices 0..K-1 with "
+            "every class present; remap them, e.g. y = numpy.unique(y, return_inverse=True)[1], or drop the "
+            "mislabelled samples."
+        )
+    return num_classes
 
 
 def _check_class_counts(y: np.ndarray, source: str) -> None:

@@ -316,6 +316,8 @@ def train_final(
     train_eps = eps if train_eps is None else train_eps
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer; got {epochs!r}; e.g. 60")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer; got {seed!r}; e.g. 0")
     if from_trained is None:
         from_trained = export.trained_weights is not None
     elif from_trained and export.trained_weights is None:

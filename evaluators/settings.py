@@ -54,13 +54,14 @@ class TrainingSettings:
     lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
-        _require(self.lr_schedule in LR_SCHEDULES, "training.lr_schedule", self.lr_schedule,
+        _require(isinstance(self.lr_schedule, str) and self.lr_schedule in LR_SCHEDULES, "training.lr_schedule", self.lr_schedule,
                  "is not a learning-rate schedule", f"use one of {', '.join(LR_SCHEDULES)}")
-        _require(self.method in TRAINING_METHODS, "training.method", self.method,
+        _require(isinstance(self.method, str) and self.method in TRAINING_METHODS, "training.method", self.method,
                  "is not a training method", f"use one of {', '.join(TRAINING_METHODS)}")
         _positive_int("training.epochs", self.epochs, "e.g. 20 for a short training")
         _positive_int("training.batch_size", self.batch_size, "e.g. 64")
-        _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
+        _require(isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
+                 and self.lr > 0,
                  "training.lr", self.lr, "must be a positive number", "e.g. 0.005")
         _fraction("training.eps", self.eps, "eps is measured on pixels in [0, 1], e.g. 0.1")
         _fraction("training.ramp_fraction", self.ramp_fraction, "e.g. 0.5 ramps eps over the first half")
@@ -93,7 +94,7 @@ class CertificationSettings:
     alpha_iterations: int = 20
 
     def __post_init__(self) -> None:
-        _require(self.method in CERTIFICATION_METHODS, "certification.method", self.method,
+        _require(isinstance(self.method, str) and self.method in CERTIFICATION_METHODS, "certification.method", self.method,
                  "is not a certification method", f"use one of {', '.join(CERTIFICATION_METHODS)}")
         _fraction("certification.eps", self.eps, "eps is measured on pixels in [0, 1], e.g. 0.1")
         if self.max_samples is not None:
@@ -102,6 +103,9 @@ class CertificationSettings:
         _positive_int("certification.pgd_steps", self.pgd_steps, "e.g. 20")
         _positive_int("certification.pgd_restarts", self.pgd_restarts, "e.g. 1")
         _positive_int("certification.alpha_iterations", self.alpha_iterations, "e.g. 20")
+        for name in ("ibp_first", "pgd"):
+            _require(isinstance(getattr(self, name), bool), f"certification.{name}", getattr(self, name),
+                     "must be true or false", "e.g. true")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data."""

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from evaluators.data import DatasetSplits, load_dataset
+from evaluators.data import DATASETS, DatasetSplits, load_dataset
 from evaluators.evaluator import CandidateEvaluator
-from evaluators.models import make_template
-from evaluators.settings import CertificationSettings, TrainingSettings
+from evaluators.models import TEMPLATE_KINDS, make_template
+from evaluators.settings import CertificationSettings, TrainingSettings, _fraction, _require
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,26 @@ class DataSpec:
     seed: int = 0
     val_fraction: float = 0.2
     test_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.name, str) and self.name in DATASETS, "data.name", self.name, "is not a data set",
+                 f"use one of {', '.join(DATASETS)}")
+        if self.name == "digits":
+            _require(self.path is None, "data.path", self.path, "must be unset for digits (it is embedded)",
+                     "remove data.path, or set data.name to npz or an MNIST-format name to read files")
+        else:
+            _require(isinstance(self.path, str) and self.path.strip() != "", "data.path", self.path,
+                     f"must name the files of data set {self.name}",
+                     "a directory of IDX files for mnist-format sets, a .npz file for npz (`~` is expanded)")
+        if self.subset is not None:
+            _require(isinstance(self.subset, int) and not isinstance(self.subset, bool) and self.subset > 0,
+                     "data.subset", self.subset, "must be a positive integer or null", "e.g. 1000, or null for all")
+        _require(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0, "data.seed",
+                 self.seed, "must be a non-negative integer", "e.g. 0")
+        _fraction("data.val_fraction", self.val_fraction, "e.g. 0.2", allow_zero=False, allow_one=False)
+        _fraction("data.test_fraction", self.test_fraction, "e.g. 0.2", allow_zero=False, allow_one=False)
+        _require(self.val_fraction + self.test_fraction < 1, "data.val_fraction + data.test_fraction",
+                 self.val_fraction + self.test_fraction, "must be below 1 so training data remains", "e.g. 0.2 each")
 
     def load(self) -> DatasetSplits:
         """Load and split the data set."""
@@ -36,6 +56,21 @@ class ModelSpec:
     kind: str = "mlp"
     widths: tuple[int, ...] | None = None
     channels: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.kind, str) and self.kind in TEMPLATE_KINDS, "model.kind", self.kind,
+                 "is not a model template", f"use one of {', '.join(TEMPLATE_KINDS)}")
+        for name, example in (("widths", "[64, 64]"), ("channels", "[16, 32]")):
+            sizes = getattr(self, name)
+            if sizes is None:
+                continue
+            _require(isinstance(sizes, (list, tuple))
+                     and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes)
+                     and (len(sizes) > 0 or (name == "widths" and self.kind == "cnn")),
+                     f"model.{name}", sizes, "must be a list of positive integers (one per layer)",
+                     f"e.g. {example}, or null for the default")
+        _require(self.kind == "cnn" or self.channels is None, "model.channels", self.channels,
+                 "is only for kind: cnn (an mlp has no conv layers)", "remove it, or set model.kind: cnn")
 
     def template(self, input_shape: tuple[int, ...], num_classes: int):
         """The template for data of this shape."""

@@ -103,8 +103,8 @@ def certevo_version() -> str:
 def export_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """``(json_path, safetensors_path)`` of the export at ``path``, which may be the
     ``.json``, the ``.safetensors`` or their common stem (any other suffix is kept as part
-    of the stem: ``best.v2`` gives ``best.v2.json``)."""
-    base = Path(path)
+    of the stem: ``best.v2`` gives ``best.v2.json``); a leading ``~`` is expanded."""
+    base = Path(path).expanduser()
     if base.suffix in _SUFFIXES:
         base = base.with_suffix("")
     if not base.name:
@@ -279,6 +279,39 @@ _FIX_PATH = "pass the .json or .safetensors file `certevo export` wrote (or thei
 _FIX_DAMAGED = "export the candidate again from its run directory (`certevo export`)"
 
 
+def _positive_ints(value: Any, length: int | None = None) -> bool:
+    return isinstance(value, list) and (length is None or len(value) == length) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+
+
+def _check_entries(manifest: dict[str, Any], json_path: Path) -> None:
+    """The entries that training and comparison read are of the types :func:`write_export`
+    writes; anything else is a damaged or edited manifest."""
+    model, data, eps, fitness = (manifest[k] for k in ("model", "data", "eps", "fitness"))
+    problems = []
+    if not isinstance(model, dict) or model.get("kind") not in ("mlp", "cnn"):
+        problems.append(f"model is {model!r:.80} (needs kind mlp or cnn)")
+    else:
+        if not _positive_ints(model.get("input_shape"), 3):
+            problems.append(f"model.input_shape is {model.get('input_shape')!r:.60} (needs three positive integers)")
+        num_classes = model.get("num_classes")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            problems.append(f"model.num_classes is {num_classes!r:.60} (needs an integer >= 2)")
+        for key in ("widths", "channels"):
+            if model.get(key) is not None and not _positive_ints(model.get(key)):
+                problems.append(f"model.{key} is {model.get(key)!r:.60} (needs positive integers or null)")
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        problems.append(f"data is {data!r:.80} (needs the data set's name, path, seed, subset and fractions)")
+    if not isinstance(eps, dict) or not all(
+            isinstance(eps.get(k), (int, float)) and not isinstance(eps.get(k), bool) and 0 <= eps.get(k) <= 1
+            for k in ("certification", "training")):
+        problems.append(f"eps is {eps!r:.80} (needs certification and training radii in [0, 1])")
+    if not isinstance(fitness, dict):
+        problems.append(f"fitness is {fitness!r:.80} (needs the search's fitness record)")
+    if problems:
+        raise CheckpointError(f"export manifest {json_path} is damaged or was edited: {'; '.join(problems)}; {_FIX_DAMAGED}")
+
+
 def read_export(path: str | os.PathLike) -> Export:
     """Read the export at ``path`` (the ``.json``, the ``.safetensors`` or their stem),
     checking format, version, the masks' sha256 and the genome's content hash."""
@@ -311,6 +344,7 @@ def read_export(path: str | os.PathLike) -> Export:
     missing = [k for k in (*REQUIRED_FIELDS, "genome", "masks_sha256") if k not in manifest]
     if missing:
         raise CheckpointError(f"export manifest {json_path} lacks {missing}; it is damaged or was edited; {_FIX_DAMAGED}")
+    _check_entries(manifest, json_path)
     if not tensor_path.is_file():
         raise CheckpointError(
             f"export masks {tensor_path} (next to {json_path.name}) do not exist; the export is "
@@ -331,7 +365,7 @@ def read_export(path: str | os.PathLike) -> Export:
     masks = {k: np.asarray(v) for k, v in arrays.items() if not k.startswith(WEIGHTS_PREFIX)}
     try:
         genome = Genome.from_parts(manifest["genome"], masks)
-    except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+    except (CheckpointError, AttributeError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"export {json_path} does not describe its masks: {exc}; {_FIX_DAMAGED}") from exc
     if manifest.get("candidate_id") != genome.id:
         raise CheckpointError(
@@ -341,7 +375,8 @@ def read_export(path: str | os.PathLike) -> Export:
     trained = None
     names = manifest.get("trained_weights")
     if names is not None:
-        missing = [n for n in names if WEIGHTS_PREFIX + n not in arrays] if isinstance(names, list) else names
+        valid = isinstance(names, list) and all(isinstance(n, str) for n in names)
+        missing = [n for n in names if WEIGHTS_PREFIX + n not in arrays] if valid else repr(names)
         if missing:
             raise CheckpointError(f"export {json_path} lists trained weights {missing} that {tensor_path.name} lacks; {_FIX_DAMAGED}")
         trained = _check_trained(genome, {n: arrays[WEIGHTS_PREFIX + n] for n in names}, f"export {tensor_path}")

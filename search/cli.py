@@ -9,6 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from population.errors import CertevoError, ConfigError
+from search.input_checks import check_new_run_dir, check_output_file, check_tracking_uri, user_path
+
+#: Arguments that name a file or directory (a leading ``~`` is expanded).
+_PATH_ARGUMENTS = ("config", "run_dir", "data_path", "output", "plot", "file")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +51,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from population.seeds import derive_seed
 
     console = Console(stderr=True)
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be a positive integer; got {args.threads}; e.g. 1")
     training = TrainingSettings(method=args.train_method, epochs=args.epochs, eps=args.eps)
     certification = CertificationSettings(method=args.certify_method, eps=args.eps, pgd=not args.no_pgd)
     with console.status(f"loading {args.dataset}..."):
@@ -146,6 +152,9 @@ def _run_launch(args: argparse.Namespace) -> int:
 
         # A fresh directory per launch unless the config names one, so launching twice never collides.
         run_dir = config.run_dir if config.run_dir != "runs/default" else f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.digest()}"
+    run_dir = user_path(run_dir)
+    check_new_run_dir(run_dir)  # before anything is created or started
+    check_tracking_uri(args.tracking_uri)
     with RunStorage(run_dir) as storage:  # a local path, or a URI staged locally and mirrored
         storage.prepare_launch()
         trackers = _trackers(args.tracking_uri)
@@ -190,6 +199,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
     from search.inspect_run import lineage_tree, load_run, resolve_id, sorted_rows, summary
 
+    if args.plot:
+        check_output_file(args.plot, "--plot")
     config, state = load_run(args.run_dir)
     info = summary(config, state, args.sort)
     if args.lineage:
@@ -338,6 +349,10 @@ def _run_tune(args: argparse.Namespace) -> int:
 
     if args.trials < 1:
         raise ConfigError(f"--trials must be >= 1; got {args.trials}")
+    if args.budget < 1:
+        raise ConfigError(f"--budget must be a positive number of evaluations per trial; got {args.budget}; e.g. 40")
+    check_new_run_dir(args.run_dir)
+    check_tracking_uri(args.tracking_uri)
     run_dir = Path(args.run_dir)
     base = None
     if not (run_dir / TUNE_FILE).is_file() or args.config or args.overrides:
@@ -371,6 +386,7 @@ def _trackers(tracking_uri, experiment="certevo", tags=None):
     """The MLflow tracker, as a list of observers."""
     from search.tracking import MlflowTracker
 
+    tracking_uri = check_tracking_uri(tracking_uri)  # an unusable store fails now, not after minutes of retries
     return [MlflowTracker(tracking_uri=tracking_uri, experiment_name=experiment, tags=tags or {})]
 
 
@@ -398,6 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    for name in _PATH_ARGUMENTS:  # `~` in a quoted or --opt=~/x path: the shell left it
+        if isinstance(getattr(args, name, None), str):
+            setattr(args, name, user_path(getattr(args, name)))
     try:
         return args.handler(args)
     except CertevoError as exc:

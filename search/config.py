@@ -20,7 +20,7 @@ from evaluators.data import DATASETS
 from evaluators.device import DEVICES
 from evaluators.settings import CertificationSettings, TrainingSettings
 from evaluators.spec import DataSpec, EvaluationSpec, ModelSpec
-from population.errors import ConfigError
+from population.errors import CertevoError, CheckpointError, ConfigError
 from population.allocation import ALLOCATIONS
 from population.genome import KNOWN_ACTIVATIONS
 
@@ -32,6 +32,24 @@ EXTRA_OBJECTIVES = ("clean_accuracy", "evaluation_time")
 
 def _fail(field_name: str, value: Any, rule: str, fix: str) -> None:
     raise ConfigError(f"{field_name} {rule}; got {value!r}; {fix}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _choice(field_name: str, value: Any, choices: tuple[str, ...], what: str) -> None:
+    if not isinstance(value, str) or value not in choices:
+        _fail(field_name, value, f"is not {what}", f"use one of {', '.join(choices)}")
+
+
+def _str_list(field_name: str, value: Any, example: str) -> None:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        _fail(field_name, value, "must be a list of names", f"e.g. {example}")
 
 
 @dataclass(frozen=True)
@@ -47,20 +65,24 @@ class GenomeSpace:
     allocation: str = "erk"
 
     def __post_init__(self) -> None:
-        if not self.sparsities:
-            _fail("genome.sparsities", list(self.sparsities), "must list at least one target sparsity", "e.g. [0.5, 0.9, 0.98]")
+        if not isinstance(self.sparsities, (list, tuple)) or not self.sparsities:
+            _fail("genome.sparsities", self.sparsities, "must list at least one target sparsity", "e.g. [0.5, 0.9, 0.98]")
         for s in self.sparsities:
-            if not isinstance(s, (int, float)) or not 0 <= s < 1:
+            if not _is_number(s) or not 0 <= s < 1:
                 _fail("genome.sparsities", list(self.sparsities), "must hold numbers in [0, 1)", "e.g. [0.5, 0.9, 0.98]")
+        _str_list("genome.activations", self.activations, "[relu, tanh]")
         if not self.activations:
             _fail("genome.activations", list(self.activations), "must list at least one activation", "e.g. [relu]")
         for a in self.activations:
             if a not in KNOWN_ACTIVATIONS:
                 _fail("genome.activations", list(self.activations), f"contains unknown activation {a!r}",
                       f"use some of {', '.join(KNOWN_ACTIVATIONS)}")
-        if self.allocation not in ALLOCATIONS:
-            _fail("genome.allocation", self.allocation, "is not a known allocation", f"use one of {', '.join(ALLOCATIONS)}")
-        if not 0 <= self.min_sparsity < self.max_sparsity < 1:
+        _choice("genome.allocation", self.allocation, ALLOCATIONS, "a known allocation")
+        if not isinstance(self.per_neuron, bool):
+            _fail("genome.per_neuron", self.per_neuron, "must be true or false",
+                  "true lets every neuron choose its own activation")
+        if not (_is_number(self.min_sparsity) and _is_number(self.max_sparsity)) \
+                or not 0 <= self.min_sparsity < self.max_sparsity < 1:
             _fail("genome.min_sparsity/max_sparsity", (self.min_sparsity, self.max_sparsity),
                   "must satisfy 0 <= min_sparsity < max_sparsity < 1", "e.g. 0.3 and 0.995")
 
@@ -87,7 +109,7 @@ class OperatorRates:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+            if not _is_number(value) or not 0 <= value <= 1:
                 _fail(f"search.rates.{f.name}", value, "must be a probability in [0, 1]", "e.g. 0.5")
 
 
@@ -124,18 +146,16 @@ class SearchSettings:
     migrants: int = 2
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            _fail("search.strategy", self.strategy, "is not a strategy", f"use one of {', '.join(STRATEGIES)}")
+        _choice("search.strategy", self.strategy, STRATEGIES, "a strategy")
         for name, minimum in (("population_size", 2), ("generations", 0), ("kstarts", 1), ("inherit_epochs", 1),
                               ("islands", 1), ("migration_interval", 1), ("migrants", 1)):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            if not _is_int(value) or value < minimum:
                 _fail(f"search.{name}", value, f"must be an integer >= {minimum}", f"e.g. {max(minimum, 4)}")
-        if self.evaluation_budget is not None and (not isinstance(self.evaluation_budget, int) or self.evaluation_budget < 1):
+        if self.evaluation_budget is not None and (not _is_int(self.evaluation_budget) or self.evaluation_budget < 1):
             _fail("search.evaluation_budget", self.evaluation_budget, "must be a positive integer or null",
                   "e.g. 100, or null to stop after search.generations")
-        if self.init not in INITS:
-            _fail("search.init", self.init, "is not a way to start a search", f"use one of {', '.join(INITS)}")
+        _choice("search.init", self.init, INITS, "a way to start a search")
         if not isinstance(self.weight_inheritance, bool):
             _fail("search.weight_inheritance", self.weight_inheritance, "must be true or false",
                   "true: children start from their parent's trained weights")
@@ -145,14 +165,13 @@ class SearchSettings:
         if not isinstance(self.level_champions, bool):
             _fail("search.level_champions", self.level_champions, "must be true or false",
                   "true keeps the best candidate of every target-sparsity band alive")
-        if self.kstarts_score not in KSTART_SCORES:
-            _fail("search.kstarts_score", self.kstarts_score, "is not a K-starts score",
-                  f"use one of {', '.join(KSTART_SCORES)}")
+        _choice("search.kstarts_score", self.kstarts_score, KSTART_SCORES, "a K-starts score")
+        _str_list("search.extra_objectives", self.extra_objectives, "[clean_accuracy]")
         for objective in self.extra_objectives:
             if objective not in EXTRA_OBJECTIVES:
                 _fail("search.extra_objectives", list(self.extra_objectives), f"contains unknown objective {objective!r}",
                       f"use some of {', '.join(EXTRA_OBJECTIVES)}")
-        if not isinstance(self.seed, int) or self.seed < 0:
+        if not _is_int(self.seed) or self.seed < 0:
             _fail("search.seed", self.seed, "must be a non-negative integer", "e.g. 0")
         if self.islands > 1 and self.migrants >= self.population_size:
             _fail("search.migrants", self.migrants, f"must be below search.population_size ({self.population_size})",
@@ -176,7 +195,10 @@ class ClusterSettings:
     batch_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.device is not None and self.device not in DEVICES:
+        if self.address is not None and (not isinstance(self.address, str) or not self.address.strip()):
+            _fail("cluster.address", self.address, "must be a Ray address or null",
+                  "e.g. auto, HOST:PORT or ray://HOST:10001; null starts a local Ray")
+        if self.device is not None and (not isinstance(self.device, str) or self.device not in DEVICES):
             _fail("cluster.device", self.device, "is not a device", f"use one of {', '.join(DEVICES)}, or null to pick cuda when Ray sees a GPU")
         if isinstance(self.gpus_per_actor, bool) or not isinstance(self.gpus_per_actor, (int, float)) or not 0 < self.gpus_per_actor <= 8:
             _fail("cluster.gpus_per_actor", self.gpus_per_actor, "must be a number in (0, 8]", "e.g. 1, or 0.25 for four actors per GPU")
@@ -185,9 +207,9 @@ class ClusterSettings:
         if self.island_actors is not None and not isinstance(self.island_actors, bool):
             _fail("cluster.island_actors", self.island_actors, "must be true, false or null",
                   "null hosts islands in actors only when search.islands > 1")
-        if self.actors is not None and (not isinstance(self.actors, int) or self.actors < 1):
+        if self.actors is not None and (not _is_int(self.actors) or self.actors < 1):
             _fail("cluster.actors", self.actors, "must be a positive integer or null", "null uses every CPU Ray offers")
-        if not isinstance(self.cpus_per_actor, int) or self.cpus_per_actor < 1:
+        if not _is_int(self.cpus_per_actor) or self.cpus_per_actor < 1:
             _fail("cluster.cpus_per_actor", self.cpus_per_actor, "must be a positive integer", "e.g. 1")
 
 
@@ -205,7 +227,7 @@ class SearchConfig:
     run_dir: str = "runs/default"
 
     def __post_init__(self) -> None:
-        if self.data.name not in DATASETS:
+        if not isinstance(self.data.name, str) or self.data.name not in DATASETS:
             _fail("data.name", self.data.name, "is not a data set", f"use one of {', '.join(DATASETS)}")
 
     def evaluation_spec(self) -> EvaluationSpec:
@@ -241,7 +263,7 @@ def _build(cls: type, values: Any, path: str, defaults: Any = None) -> Any:
     if not isinstance(values, dict):
         _fail(path, values, "must be a mapping of settings", f"write it as `{path}: {{key: value}}`")
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.name.startswith("_")}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(set(values) - set(fields), key=str)
     if unknown:
         _fail(f"{path}.{unknown[0]}", values[unknown[0]], "is not a known setting",
               f"the settings of {path} are: {', '.join(fields)}")
@@ -262,8 +284,11 @@ def _build(cls: type, values: Any, path: str, defaults: Any = None) -> Any:
 
 def config_from_dict(values: dict[str, Any] | None) -> SearchConfig:
     """Validate a plain mapping (e.g. parsed YAML) into a SearchConfig."""
+    if values is not None and not isinstance(values, dict):
+        _fail("the configuration", values, "must be a mapping of sections (data, model, search...)",
+              "write it as `section: {key: value}`, e.g. `search: {generations: 4}`")
     values = dict(values or {})
-    unknown = sorted(set(values) - set(_SECTIONS) - {"run_dir"})
+    unknown = sorted(set(values) - set(_SECTIONS) - {"run_dir"}, key=str)
     if unknown:
         _fail(unknown[0], values[unknown[0]], "is not a known section",
               f"the sections are: {', '.join([*_SECTIONS, 'run_dir'])}")
@@ -300,20 +325,50 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
+def read_yaml_mapping(path: str | Path, what: str, error: type[CertevoError], fix: str) -> dict[str, Any]:
+    """The mapping in the YAML file at ``path`` (empty file: ``{}``); anything else (a missing
+    or unreadable file, binary data, invalid YAML, a list or a string) raises ``error``
+    naming ``what`` and the file, with ``fix``."""
+    p = Path(path)
+    if not p.is_file():
+        state = "is a directory" if p.is_dir() else "does not exist"
+        raise error(f"{what} {p} {state}; {fix}")
+    try:
+        text = p.read_bytes().decode("utf-8")
+        values = yaml.safe_load(text)
+    except OSError as exc:
+        raise error(f"{what} {p} cannot be read ({exc.strerror or exc}); {fix}") from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {p} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}): it is binary "
+                    f"or damaged; {fix}") from exc
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {p} is not valid YAML ({exc}); {fix}") from exc
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise error(f"{what} {p} must hold a mapping of sections (data, model, search...); got a "
+                    f"{type(values).__name__} ({values!r:.60}); {fix}")
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SearchConfig:
-    """Read a YAML config (None: the default) and apply ``--set`` style overrides."""
+    """Read a YAML config (None: the default; ``~`` is expanded) and apply ``--set`` style overrides."""
     values: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; pass a YAML file, or none for the digits default")
-        try:
-            values = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of sections (data, model, search...); got {type(values).__name__}")
+        values = read_yaml_mapping(Path(path).expanduser(), "config file", ConfigError,
+                                   "pass a YAML file of settings (see the README), or none for the digits default")
     return config_from_dict(apply_overrides(values, overrides or []))
+
+
+def read_run_config(config_path: str | Path) -> SearchConfig:
+    """The configuration a run directory's ``config.yaml`` holds; a damaged or edited file
+    raises CheckpointError naming the file."""
+    fix = "the run directory is damaged or the file was edited; restore config.yaml (its copy is in the checkpoint)"
+    values = read_yaml_mapping(config_path, "run configuration", CheckpointError, fix)
+    try:
+        return config_from_dict(values)
+    except ConfigError as exc:
+        raise CheckpointError(f"{config_path}: {exc} ({fix})") from exc
 
 
 def finite(value: float) -> bool:

@@ -31,6 +31,7 @@ from population.errors import CheckpointError, ConfigError
 from population.export import Export, export_paths, read_export, write_export
 from search.config import SearchConfig
 from search.inspect_run import load_run, resolve_id
+from search.input_checks import can_create_in, check_output_file
 from search.journal import EvaluationJournal
 from search.state import Candidate, SearchState, split_trained
 
@@ -194,8 +195,9 @@ def export_candidate(
     """Choose a candidate of the run in ``run_dir`` (see :func:`choose_candidate`) and
     write it to ``out`` (a stem or either file name; an existing directory gets
     ``<out>/<candidate id>.json`` / ``.safetensors``). Returns ``(json_path, st_path)``."""
+    run_dir = Path(run_dir).expanduser()
+    target = check_output_file(out, "--output", allow_dir=True)
     candidate, state, config = choose_candidate(run_dir, candidate_id=candidate_id, min_sparsity=min_sparsity, knee=knee)
-    target = Path(out)
     if target.is_dir():
         target = target / candidate.id
     data = config.data
@@ -246,9 +248,12 @@ def train_exported(
     if unknown:
         raise ConfigError(f"final training has no setting {unknown[0]!r}; the settings are: {', '.join(accepted)}")
     export = path if isinstance(path, Export) else read_export(path)
-    directory = Path(out_dir) if out_dir is not None else default_final_dir(export.json_path)
+    directory = Path(out_dir).expanduser() if out_dir is not None else default_final_dir(export.json_path)
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"output directory {directory} is a file; pass a directory for report.json and weights.safetensors")
+    problem = can_create_in(directory)
+    if problem:
+        raise ConfigError(f"output directory {directory} cannot be created: {problem}; pass a directory you can write (-o)")
     if (directory / REPORT_FILE).exists() and not overwrite:
         raise ConfigError(
             f"{directory / REPORT_FILE} already exists (an earlier final training); pass another output "

@@ -6,11 +6,9 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from population.checkpoint import CheckpointStore
 from population.errors import CheckpointError, ConfigError
-from search.config import SearchConfig, config_from_dict
+from search.config import SearchConfig, read_run_config
 from search.loop import CONFIG_FILE, check_same_config
 from search.state import Candidate, SearchState
 
@@ -20,7 +18,7 @@ SORT_KEYS = ("sparsity", "certified", "clean", "generation", "id")
 def load_run(run_dir: str | Path) -> tuple[SearchConfig, SearchState]:
     """The configuration and last checkpointed state of the search in ``run_dir``; refuses
     a config.yaml edited since the checkpoint (apart from the budget)."""
-    path = Path(run_dir)
+    path = Path(run_dir).expanduser()
     if not path.exists():
         raise ConfigError(f"run directory {path} does not exist; pass the directory `certevo launch` created (e.g. runs/<name>)")
     if not path.is_dir():
@@ -28,10 +26,7 @@ def load_run(run_dir: str | Path) -> tuple[SearchConfig, SearchState]:
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
         raise CheckpointError(f"{path} is not a certevo run directory (no {CONFIG_FILE}); pass the directory a launch created")
-    try:
-        config = config_from_dict(yaml.safe_load(config_path.read_text()))
-    except yaml.YAMLError as exc:
-        raise CheckpointError(f"{config_path} is not valid YAML ({exc}); the run directory is damaged; restore the file") from exc
+    config = read_run_config(config_path)
     store = CheckpointStore(path / "checkpoint")
     if not store.exists():
         raise CheckpointError(

@@ -23,7 +23,8 @@ from population.errors import CheckpointError, ConfigError
 from population.files import atomic_write
 from population.lineage import LineageRecord
 from population.seeds import derive_seed
-from search.config import SearchConfig, config_from_dict
+from search.config import SearchConfig, config_from_dict, read_run_config
+from search.input_checks import check_resume_targets
 from search.islands import Island, initial_snapshots, offspring_counts
 from search.journal import EvaluationJournal, journal_digest
 from search.state import Candidate, SearchState, objectives, split_trained, trained_arrays
@@ -112,16 +113,7 @@ class Search:
             raise CheckpointError(
                 f"{path} is not a certevo run directory (no {CONFIG_FILE}); pass the directory a launch created"
             )
-        try:
-            config = config_from_dict(yaml.safe_load(config_path.read_text()))
-        except yaml.YAMLError as exc:
-            raise CheckpointError(f"{config_path} is not valid YAML ({exc}); the run directory is damaged") from exc
-        settings = config.search
-        if generations is not None:
-            settings = replace(settings, generations=generations)
-        if evaluation_budget is not None:
-            settings = replace(settings, evaluation_budget=evaluation_budget)
-        config = replace(config, search=settings, run_dir=str(path))
+        config = read_run_config(config_path)
         store = CheckpointStore(path / "checkpoint")
         if store.exists():
             state_data, arrays = store.load()
@@ -129,7 +121,16 @@ class Search:
             state = SearchState.from_checkpoint(state_data, arrays, str(store.manifest_path))
         else:  # stopped before the K-starts phase finished: start over (the journal keeps results)
             state = SearchState(rng=np.random.default_rng(derive_seed(config.search.seed, "search")))
+        # Before config.yaml is rewritten: a target the run has already reached is refused.
+        check_resume_targets(path, state.generation, len(state.archive), generations, evaluation_budget)
+        settings = config.search
+        if generations is not None:
+            settings = replace(settings, generations=generations)
+        if evaluation_budget is not None:
+            settings = replace(settings, evaluation_budget=evaluation_budget)
+        config = replace(config, search=settings, run_dir=str(path))
         if generations is not None or evaluation_budget is not None:
+            _check_budget(config)
             atomic_write(config_path, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
         return cls(config, path, state, observers)
 

@@ -352,10 +352,11 @@ def test_npz_shapes(tmp_path: Path, shape: tuple, input_shape: tuple, dtype: str
     )
 
 
-def test_npz_label_gap_counts_max_plus_one(tmp_path: Path) -> None:
+def test_npz_label_gap_is_refused_not_a_bigger_model(tmp_path: Path) -> None:
     file = tmp_path / "gap.npz"
     np.savez(file, x=np.zeros((9, 2, 2), np.float32), y=np.repeat([0, 1, 4], 3))
-    assert load_dataset("npz", file).num_classes == 5
+    with pytest.raises(DataError, match=r"gap\.npz.*5-class model.*classes 2, 3 have no samples.*return_inverse"):
+        load_dataset("npz", file)
 
 
 def _save(tmp_path: Path, name: str = "bad.npz", **arrays) -> Path:
