@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from population.sparsity_text import format_sparsity
+
 
 @dataclass(frozen=True)
 class FitnessRecord:
@@ -64,7 +66,7 @@ class FitnessRecord:
         if not self.ok:
             lines.append(f"  FAILED: {self.failure}")
         lines += [
-            f"  sparsity            {self.sparsity:8.2%}",
+            f"  sparsity            {format_sparsity(self.sparsity):>8}",
             f"  certified accuracy  {self.certified_accuracy:8.2%}  ({self.certify_method}, eps={self.eps:g}, {self.samples} validation samples)",
             f"  clean accuracy      {self.clean_accuracy:8.2%}",
         ]

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from population.allocation import layer_kept_counts
+from population.allocation import allocate_kept, kept_for_sparsity
 from population.errors import GenomeError
 from population.genome import Genome
 
@@ -231,8 +231,9 @@ def magnitude_prune(
     rng: np.random.Generator,
     magnitudes: Mapping[str, np.ndarray],
 ) -> Genome:
-    """``genome`` pruned by magnitude to global ``sparsity`` (a genome already that sparse
-    is returned unchanged). ``erk``/``uniform``: each layer gets its kept count from
+    """``genome`` pruned by magnitude to global ``sparsity``: it keeps the most weights
+    that still meet it (see population.allocation.kept_for_sparsity; a genome already that
+    sparse is returned unchanged). ``erk``/``uniform``: each layer gets its kept count from
     population.allocation and keeps its largest weights; ``global``: the largest kept
     weights over all layers stay. Only kept weights can stay: a layer allotted more than it
     keeps is capped, and the surplus goes to the other layers, largest weights first.
@@ -242,11 +243,11 @@ def magnitude_prune(
         raise GenomeError(f"allocation must be one of {', '.join(PRUNE_ALLOCATIONS)}; got {allocation!r}")
     current = kept_counts(genome)
     total = sum(m.size for m in genome.masks.values())
-    keep = min(sum(current.values()), max(len(current), total - int(round(sparsity * total))))
+    keep = min(sum(current.values()), kept_for_sparsity(total, sparsity, len(current)))
     if allocation == "global":
         return remask(genome, _global_counts(genome, magnitudes, keep), rng, magnitudes)
     shapes = {name: mask.shape for name, mask in genome.masks.items()}
-    wanted = layer_kept_counts(shapes, 1.0 - keep / total, allocation)
+    wanted = allocate_kept(shapes, keep, allocation)
     counts = {name: min(wanted[name], current[name]) for name in shapes}
     surplus = keep - sum(counts.values())
     if surplus > 0:  # layers capped by what they keep: the rest goes where the weights are largest

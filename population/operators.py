@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from population.errors import ConfigError, GenomeError
+from population.allocation import layer_kept_counts
 from population.genome import KNOWN_ACTIVATIONS, Genome, random_genome
 
 DROP_CRITERIA: tuple[str, ...] = ("random", "magnitude", "gradient")
@@ -66,11 +67,6 @@ def _rebuild(
         activations=tuple(activations),
         neuron_activations=None if neuron_activations is None else tuple(neuron_activations),
     )
-
-
-def _target_kept(size: int, sparsity: float) -> int:
-    """Kept count of a layer of ``size`` weights at ``sparsity`` (as in ``random_genome``)."""
-    return max(1, size - int(round(sparsity * size)))
 
 
 def _repair(flat: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
@@ -175,7 +171,8 @@ def random_sparse_genome(
     """A genome pruned uniformly at random to ``sparsity`` in every layer.
 
     Draws, per layer in order: one ``rng.choice`` of the kept positions (without
-    replacement). Each layer keeps ``max(1, size - round(sparsity * size))`` weights.
+    replacement). Each layer keeps its share of the most weights that still meet
+    ``sparsity`` (population.allocation, ``uniform``): the genome is never less sparse.
     """
     return random_genome(layer_shapes, activations, sparsity, rng)
 
@@ -313,7 +310,8 @@ def crossover_uniform(
 
     Each layer is then repaired to its target kept count by dropping random kept or
     growing random pruned positions: ``round(mean(kept_a, kept_b))`` per layer, or, when
-    ``target_sparsity`` is given, ``max(1, size - round(target_sparsity * size))``. Each
+    ``target_sparsity`` is given, the layer's uniform share of the most weights that still
+    meet it (population.allocation.layer_kept_counts). Each
     hidden layer's activation (with its per-neuron choices) comes from ``a`` or ``b`` with
     probability 0.5.
 
@@ -328,6 +326,8 @@ def crossover_uniform(
             f"{target_sparsity}; e.g. 0.9 keeps 10 % of each layer"
         )
     flat_a, flat_b = _flat_masks(a), _flat_masks(b)
+    targets = None if target_sparsity is None else \
+        layer_kept_counts({n: m.shape for n, m in a.masks.items()}, float(target_sparsity), "uniform")
     choices = {name: rng.random(mask.size) < 0.5 for name, mask in flat_a.items()}
     act_from_a = rng.random(len(a.activations)) < 0.5
     child = {}
@@ -336,7 +336,7 @@ def crossover_uniform(
         if target_sparsity is None:
             target = max(1, int(round((int(flat_a[name].sum()) + int(flat_b[name].sum())) / 2)))
         else:
-            target = _target_kept(mask.size, float(target_sparsity))
+            target = targets[name]
         child[name] = _repair(mask, target, rng)
     activations, neuron = _inherit_activations(a, b, act_from_a)
     return _rebuild(a, child, activations, neuron, keep_neuron=False)

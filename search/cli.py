@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from population.errors import CertevoError, ConfigError
+from population.sparsity_text import format_sparsity
 from search.input_checks import check_new_run_dir, check_output_file, check_tracking_uri, user_path
 
 #: Arguments that name a file or directory (a leading ``~`` is expanded).
@@ -242,7 +243,7 @@ def _rows_table(rows, title, table_type):
         table.add_column(col, justify="right" if col in numeric else "left")
     for r in rows:
         acts = ",".join(a if isinstance(a, str) else "per-neuron" for a in r["activations"])
-        table.add_row(r["id"], f"{r['sparsity']:.2%}", f"{r['certified_accuracy']:.2%}", f"{r['clean_accuracy']:.2%}",
+        table.add_row(r["id"], format_sparsity(r["sparsity"]), f"{r['certified_accuracy']:.2%}", f"{r['clean_accuracy']:.2%}",
                       acts, str(r["total_epochs"]), str(r["generation"]), r["operator"] or "")
     return table
 
@@ -250,7 +251,7 @@ def _rows_table(rows, title, table_type):
 def _rich_tree(node, tree_type, tree=None):
     gain = node.get("child_gain")
     label = (f"{node['id']}  gen {node['generation']}  {node['operator']}  "
-             f"sparsity {node['sparsity']:.2%}  certified {node['certified_accuracy']:.2%}")
+             f"sparsity {format_sparsity(node['sparsity'])}  certified {node['certified_accuracy']:.2%}")
     if gain is not None:
         label += f"  (child {'+' if gain >= 0 else ''}{gain:.2%})"
     branch = tree_type(label) if tree is None else tree.add(label)
@@ -278,7 +279,7 @@ def _run_export(args: argparse.Namespace) -> int:
     json_path, tensor_path = export_candidate(args.run_dir, args.output, candidate_id=args.candidate_id,
                                               min_sparsity=args.min_sparsity, knee=args.knee)
     manifest = json.loads(Path(json_path).read_text())
-    print(f"exported candidate {manifest.get('candidate_id')} (sparsity {manifest.get('sparsity', 0):.2%}) to "
+    print(f"exported candidate {manifest.get('candidate_id')} (sparsity {format_sparsity(manifest.get('sparsity', 0))}) to "
           f"{json_path} and {tensor_path}")
     print(f"next: certevo train {json_path}")
     return 0
@@ -321,7 +322,7 @@ def _run_train(args: argparse.Namespace) -> int:
                 "certified_accuracy"):
         value = data.get(key)
         if value is not None:
-            print(f"  {key:26s} {value:8.2%}")
+            print(f"  {key:26s} {format_sparsity(value) if key == 'sparsity' else f'{value:.2%}':>8}")
     print(f"report and weights in {out_dir}")
     return 0
 

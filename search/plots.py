@@ -25,6 +25,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from population.sparsity_text import format_sparsity
+
 from search.lineage_plot import lineage_figure
 
 __all__ = ["activation_text", "front_html", "history_figure", "plot_front", "plot_history", "plot_lineage"]
@@ -206,7 +208,7 @@ _HTML_SCRIPT = """
   var tip = document.getElementById('tip');
   function pct(v) { return (v === null || v === undefined) ? 'n/a' : (100 * v).toFixed(2) + '%'; }
   function text(r) {
-    return 'id: ' + r.id + '\\nsparsity: ' + pct(r.sparsity) + '\\ncertified: ' + pct(r.certified_accuracy) +
+    return 'id: ' + r.id + '\\nsparsity: ' + r.sparsity_text + '\\ncertified: ' + pct(r.certified_accuracy) +
       '\\nclean: ' + pct(r.clean_accuracy) + '\\nactivations: ' + r.activations_text +
       '\\ngeneration: ' + (r.generation === null ? 'n/a' : r.generation);
   }
@@ -263,6 +265,7 @@ def front_html(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: st
         data.append({
             "id": str(r["id"]),
             "sparsity": None if r.get("sparsity") is None else float(r["sparsity"]),
+            "sparsity_text": format_sparsity(r.get("sparsity")),
             "certified_accuracy": None if r.get("certified_accuracy") is None else float(r["certified_accuracy"]),
             "clean_accuracy": None if r.get("clean_accuracy") is None else float(r["clean_accuracy"]),
             "activations_text": activation_text(r.get("activations", "")),
@@ -322,7 +325,7 @@ def front_html(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: st
     for i, d in enumerate(data):
         cells = [
             (d["id"], d["id"], "l"),
-            (_fmt_pct(d["sparsity"]), d["sparsity"], ""),
+            (format_sparsity(d["sparsity"]), d["sparsity"], ""),  # cut, never rounded up across a level
             (_fmt_pct(d["certified_accuracy"]), d["certified_accuracy"], ""),
             (_fmt_pct(d["clean_accuracy"]), d["clean_accuracy"], ""),
             (d["activations_text"], d["activations_text"], "l"),

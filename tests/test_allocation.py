@@ -22,7 +22,9 @@ CNN = {"conv0": (8, 1, 4, 4), "conv1": (16, 8, 4, 4), "fc": (10, 400)}
 def test_erk_keeps_exactly_the_global_count_and_at_least_one_per_layer(shapes, sparsity):
     counts = layer_kept_counts(shapes, sparsity, "erk")
     total = sum(math.prod(s) for s in shapes.values())
-    assert sum(counts.values()) == max(len(shapes), total - int(round(sparsity * total)))
+    kept = sum(counts.values())
+    # the most weights that still meet the target: one more would fall below it
+    assert kept == len(shapes) or (1 - kept / total >= sparsity and 1 - (kept + 1) / total < sparsity)
     assert all(1 <= counts[n] <= math.prod(shapes[n]) for n in shapes)
 
 
@@ -36,7 +38,9 @@ def test_erk_keeps_the_small_output_layer_denser_than_the_large_ones(sparsity):
 
 def test_uniform_prunes_every_layer_alike_and_matches_random_genome():
     counts = layer_kept_counts(MLP, 0.9, "uniform")
-    assert counts == {"fc0": 410, "fc1": 410, "fc2": 64}
+    # 8832 weights at 0.9: prune 7949 (7948.8 rounded up), keep 883, split 409.5 : 409.5 : 64.0;
+    # fc0/fc1 each keeping 410 (884 in all) would be 89.99 % sparse, below the target
+    assert counts == {"fc0": 410, "fc1": 409, "fc2": 64}
     genome = random_genome(MLP, ("relu", "relu"), 0.9, np.random.default_rng(0))
     assert {n: int(m.sum()) for n, m in genome.masks.items()} == counts
     erk = random_genome(MLP, ("relu", "relu"), 0.9, np.random.default_rng(0), "erk")

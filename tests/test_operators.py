@@ -71,6 +71,19 @@ def kept(genome: Genome) -> dict[str, int]:
     return {name: int(m.sum()) for name, m in genome.masks.items()}
 
 
+def assert_meets_target(genome: Genome, sparsity: float) -> None:
+    """At least ``sparsity`` sparse, and one more kept weight would fall below it (unless
+    one weight per layer is all that is left)."""
+    total, kept_all, layers = genome.total_weights, genome.kept_weights, len(genome.masks)
+    assert kept_all == layers or genome.sparsity >= sparsity
+    assert kept_all == layers or 1 - (kept_all + 1) / total < sparsity
+
+
+def uniform_share(genome: Genome, sparsity: float) -> dict[str, float]:
+    """Each layer's share, in proportion to its size, of the genome's kept weights."""
+    return {name: genome.kept_weights * m.size / genome.total_weights for name, m in genome.masks.items()}
+
+
 def check_structure(child: Genome, parent: Genome) -> None:
     """Binary masks, same layers and shapes, no empty layer."""
     assert list(child.masks) == list(parent.masks)
@@ -191,12 +204,14 @@ def test_crossover_uniform_repairs_to_target(pair, seed, target_sparsity):
         size = mask.size
         if target_sparsity is None:
             expected = max(1, round((kept(a)[name] + kept(b)[name]) / 2))
-        else:
-            expected = max(1, size - round(target_sparsity * size))
-        assert int(mask.sum()) == expected
+            assert int(mask.sum()) == expected
+        else:  # the layer's uniform share of the most weights that meet the target
+            assert abs(int(mask.sum()) - uniform_share(child, target_sparsity)[name]) < 1 or int(mask.sum()) == 1
         agree = a.masks[name] == b.masks[name]
         if int(mask.sum()) == kept(a)[name] == kept(b)[name] and agree.all():
             assert (mask == a.masks[name]).all()
+    if target_sparsity is not None:
+        assert_meets_target(child, target_sparsity)
     assert activation_values(child) <= activation_values(a) | activation_values(b)
     assert crossover_uniform(a, b, np.random.default_rng(seed), target_sparsity).id == child.id
 
@@ -250,7 +265,8 @@ def test_mutate_activation_needs_two_allowed():
 @given(architectures(), st.floats(0.0, 0.99), seeds)
 def test_random_sparse_genome_exact_counts(shapes, sparsity, seed):
     genome = random_sparse_genome(shapes, ["relu"] * (len(shapes) - 1), sparsity, np.random.default_rng(seed))
-    for name, shape in shapes.items():
-        size = int(np.prod(shape))
-        assert int(genome.masks[name].sum()) == max(1, size - round(sparsity * size))
+    assert_meets_target(genome, sparsity)
+    share = uniform_share(genome, sparsity)
+    for name, mask in genome.masks.items():
+        assert abs(int(mask.sum()) - share[name]) < 1 or int(mask.sum()) == 1
     assert set(ACTIVATIONS) >= set(genome.activations)
