@@ -10,6 +10,7 @@ from pathlib import Path
 
 from population.errors import CertevoError, ConfigError
 from population.sparsity_text import format_sparsity
+from search.command_hint import command_hint
 from search.input_checks import check_new_run_dir, check_output_file, check_tracking_uri, user_path
 
 #: Arguments that name a file or directory (a leading ``~`` is expanded).
@@ -115,7 +116,8 @@ def _finish_search(search, trackers=(), storage=None) -> int:
         result = search.run()
     except KeyboardInterrupt:
         Console(stderr=True).print(
-            f"[yellow]interrupted[/]; everything evaluated so far is kept. Continue with: certevo resume {where}"
+            f"[yellow]interrupted[/]; everything evaluated so far is kept. Continue with: {command_hint('resume', where)}",
+            soft_wrap=True,
         )
         return 130
     finally:
@@ -127,12 +129,16 @@ def _finish_search(search, trackers=(), storage=None) -> int:
         uri = tracker.tracking_uri or ""
         console.print(f"MLflow: {tracker.run_url or uri} (run {tracker.run_id})")
         if uri.startswith("sqlite:///"):
-            console.print(f"  view it: mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+            mlflow_ui = command_hint("ui", "--backend-store-uri", uri, "--host", "127.0.0.1", name="mlflow")
+            console.print(f"  view it: {mlflow_ui}", soft_wrap=True)
         if tracker.unlogged:
             console.print(f"[yellow]MLflow could not log {len(tracker.unlogged)} item(s)[/]: "
                           + "; ".join(str(u) for u in tracker.unlogged[:5]) + " (the run directory has everything)")
-    console.print(f"next: certevo inspect {result.run_dir}   |   certevo export {result.run_dir} --knee -o best")
-    console.print(f"next: certevo resume {where} --generations {search.config.search.generations + 5}")
+    # soft_wrap: a hint is copied into a shell, so it is never broken across lines
+    console.print(f"next: {command_hint('inspect', result.run_dir)}", soft_wrap=True)
+    console.print(f"next: {command_hint('export', result.run_dir, '--knee', '-o', 'best')}", soft_wrap=True)
+    console.print(f"next: {command_hint('resume', where, '--generations', search.config.search.generations + 5)}",
+                  soft_wrap=True)
     return 0
 
 
@@ -281,7 +287,7 @@ def _run_export(args: argparse.Namespace) -> int:
     manifest = json.loads(Path(json_path).read_text())
     print(f"exported candidate {manifest.get('candidate_id')} (sparsity {format_sparsity(manifest.get('sparsity', 0))}) to "
           f"{json_path} and {tensor_path}")
-    print(f"next: certevo train {json_path}")
+    print(f"next: {command_hint('train', json_path)}")
     return 0
 
 

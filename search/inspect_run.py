@@ -8,6 +8,7 @@ from typing import Any
 
 from population.checkpoint import CheckpointStore
 from population.errors import CheckpointError, ConfigError
+from search.command_hint import command_hint
 from search.config import SearchConfig, read_run_config
 from search.loop import CONFIG_FILE, check_same_config
 from search.state import Candidate, SearchState
@@ -31,7 +32,7 @@ def load_run(run_dir: str | Path) -> tuple[SearchConfig, SearchState]:
     if not store.exists():
         raise CheckpointError(
             f"{path} has no checkpoint yet ({store.manifest_path} is missing): the search stopped before its first "
-            f"generation finished; resume it with `certevo resume {path}`"
+            f"generation finished; resume it with `{command_hint('resume', path)}`"
         )
     state_data, arrays = store.load()
     check_same_config(config, state_data.get("config"), config_path)

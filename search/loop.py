@@ -23,6 +23,7 @@ from population.errors import CheckpointError, ConfigError
 from population.files import atomic_write
 from population.lineage import LineageRecord
 from population.seeds import derive_seed
+from search.command_hint import command_hint
 from search.config import SearchConfig, config_from_dict, read_run_config
 from search.input_checks import check_resume_targets
 from search.islands import Island, initial_snapshots, offspring_counts
@@ -93,7 +94,7 @@ class Search:
         path = Path(run_dir if run_dir is not None else config.run_dir)
         if (path / CONFIG_FILE).exists() or (path / "checkpoint").exists():
             raise ConfigError(
-                f"run directory {path} already holds a search; resume it with `certevo resume {path}` "
+                f"run directory {path} already holds a search; resume it with `{command_hint('resume', path)}` "
                 "or choose another --run-dir"
             )
         path.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,7 @@ from typing import Any
 
 from population.errors import CertevoError, CheckpointError, ConfigError
 from population.files import TMP_PREFIX
+from search.command_hint import command_hint
 from search.run_lock import LOCK_FILE, REMOTE_LOCK_FILE, RemoteRunLock, RunLock
 
 #: Environment variable naming the root of the staging directories.
@@ -263,7 +264,7 @@ class RunStorage:
             return
         if self.holds_search():
             raise ConfigError(
-                f"run directory {self.uri} already holds a search; resume it with `certevo resume {self.uri}` "
+                f"run directory {self.uri} already holds a search; resume it with `{command_hint('resume', self.uri)}` "
                 "or choose another --run-dir"
             )
         self._clear_staging()
