@@ -204,12 +204,14 @@ def _run_inspect(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.tree import Tree
 
+    from search.certified_caption import caption_text
     from search.inspect_run import lineage_tree, load_run, resolve_id, sorted_rows, summary
 
     if args.plot:
         check_output_file(args.plot, "--plot")
     config, state = load_run(args.run_dir)
     info = summary(config, state, args.sort)
+    caption = caption_text(info["certified_accuracy_refers_to"])  # what every certified figure below means
     if args.lineage:
         tree = lineage_tree(state, resolve_id(state, args.lineage))
         info = {"lineage": tree}
@@ -217,20 +219,22 @@ def _run_inspect(args: argparse.Namespace) -> int:
         from search.plots import plot_front, plot_history
 
         points = [(c.record.sparsity, c.record.certified_accuracy) for c in state.front()]
-        plot_front(points, args.plot, history=state.history, title=f"{args.run_dir}: Pareto front")
+        plot_front(points, args.plot, history=state.history, title=f"{args.run_dir}: Pareto front\n{caption}")
         plot = Path(args.plot)
-        history_png = plot_history(state.history, plot.with_name(f"{plot.stem}-history{plot.suffix or '.png'}"))
+        history_png = plot_history(state.history, plot.with_name(f"{plot.stem}-history{plot.suffix or '.png'}"),
+                                   title=f"{args.run_dir}: search progress\n{caption}")
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     console = Console()
     if args.lineage:
         console.print(_rich_tree(info["lineage"], Tree))
+        console.print(caption)
         return 0
     console.print(f"[bold]{args.run_dir}[/]: generation {info['generation']}, {info['evaluations']} candidates "
                   f"evaluated, hypervolume {info['hypervolume']:.4f} ({info['strategy']})")
     console.print(_rows_table(info["population"], f"population (sorted by {args.sort})", Table))
-    console.print(_rows_table(sorted_rows(info["front"], "sparsity"), "Pareto front", Table))
+    console.print(_rows_table(sorted_rows(info["front"], "sparsity"), "Pareto front", Table, caption))
     ops = Table(title="operators")
     for col in ("operator", "children", "on front"):
         ops.add_column(col)
@@ -242,8 +246,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rows_table(rows, title, table_type):
-    table = table_type(title=title)
+def _rows_table(rows, title, table_type, caption=None):
+    table = table_type(title=title, caption=caption)
     numeric = ("sparsity", "certified", "clean", "epochs", "gen")
     for col in ("id", "sparsity", "certified", "clean", "activations", "epochs", "gen", "operator"):
         table.add_column(col, justify="right" if col in numeric else "left")

@@ -8,6 +8,7 @@ from typing import Any
 
 from population.checkpoint import CheckpointStore
 from population.errors import CheckpointError, ConfigError
+from search.certified_caption import certification_context
 from search.command_hint import command_hint
 from search.config import SearchConfig, read_run_config
 from search.loop import CONFIG_FILE, check_same_config
@@ -137,6 +138,7 @@ def summary(config: SearchConfig, state: SearchState, sort: str = "sparsity") ->
         "evaluations": len(state.archive),
         "hypervolume": state.hypervolume(),
         "strategy": config.search.strategy,
+        "certified_accuracy_refers_to": certification_context(config, (c.record for c in state.archive.values())),
         "population": sorted_rows(population, sort),
         "front": sorted_rows(front, "sparsity"),
         "activation_population": state.activation_population,

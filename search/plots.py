@@ -68,7 +68,9 @@ def _save(fig: Figure, path: str | Path) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=DPI, format="png")
+    # the titles (with what the certified accuracy refers to) also as the PNG's Title text
+    titles = [fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)]
+    fig.savefig(out, dpi=DPI, format="png", metadata={"Title": " | ".join(t for t in titles if t) or None})
     return out
 
 

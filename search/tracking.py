@@ -108,6 +108,7 @@ from pathlib import Path
 from typing import Any
 
 from search import plots
+from search.certified_caption import search_caption
 from search.tracking_names import child_run_name, log_dataset_input
 
 __all__ = ["MlflowTracker", "TrackingWarning", "flatten_config", "git_commit"]
@@ -543,7 +544,8 @@ class MlflowTracker:
         self._files_thread.start()
         for entry in history:  # a resumed search: pictures a crash may have left unwritten
             if not self._front_png(entry).is_file():
-                self._queue_front_png(entry, [h for h in history if int(h["generation"]) < int(entry["generation"])])
+                self._queue_front_png(entry, [h for h in history if int(h["generation"]) < int(entry["generation"])],
+                                      search_caption(search))
         self._submit("start or reopen the parent run", self._op_start_run)
         self._submit("parameters and tags of the parent run", self._op_params)
         self._submit("data set input", functools.partial(log_dataset_input, self._get_client, self._run, config.data))
@@ -568,7 +570,7 @@ class MlflowTracker:
             return
         generation = int(summary["generation"])
         earlier = [dict(h) for h in search.state.history if int(h["generation"]) < generation]
-        png = self._queue_front_png(dict(summary), earlier)
+        png = self._queue_front_png(dict(summary), earlier, search_caption(search))
         stamp = int(time.time() * 1000)
         self._submit(f"metrics of generation {generation}",
                      functools.partial(self._op_metrics, generation, self._generation_metrics(summary), stamp))
@@ -614,7 +616,7 @@ class MlflowTracker:
         ids = [str(r["id"]) for r in rows]
         history = [dict(h) for h in summary.get("history", search.state.history)]
         lineage = search.state.lineage
-        final_step = int(summary.get("generations", search.state.generation))
+        final_step, caption = int(summary.get("generations", search.state.generation)), search_caption(search)
         self._sync_front(search, ids, final_step)  # normally nothing new: on_generation queued them
 
         def write_and_upload(name: str, write: Callable[[Path], Any]) -> None:
@@ -637,14 +639,15 @@ class MlflowTracker:
                 if reuse.is_file():
                     shutil.copyfile(reuse, path)
                     return
-            self._draw("plot_front", rows, path, history=history[:-1], title="final Pareto front")
+            self._draw("plot_front", rows, path, history=history[:-1], title=f"final Pareto front\n{caption}")
 
         # the longest drawing first; front.png last, as it waits for the last generation's picture
         write_and_upload("front.json", lambda p: p.write_text(json.dumps(dict(summary), indent=2)))
         write_and_upload("front.html", lambda p: plots.front_html(rows, p))
         write_and_upload("lineage.csv", lambda p: self._write_lineage_csv(lineage, ids, p))
-        write_and_upload("lineage.png", lambda p: self._draw("plot_lineage", lineage, ids, p))
-        write_and_upload("history.png", lambda p: self._draw("plot_history", history, p))
+        write_and_upload("lineage.png", lambda p: self._draw("plot_lineage", lineage, ids, p,
+                                                             title=f"ancestry of the final front\n{caption}"))
+        write_and_upload("history.png", lambda p: self._draw("plot_history", history, p, title=f"search progress\n{caption}"))
         write_and_upload("front.png", front_png)
         self._submit("end of the parent run (FINISHED)", functools.partial(self._op_terminate, "FINISHED"))
 
@@ -692,12 +695,12 @@ class MlflowTracker:
     def _front_png(self, summary: Mapping[str, Any]) -> Path:
         return self.artifacts_dir / "fronts" / f"front_gen_{int(summary['generation']):03d}.png"
 
-    def _queue_front_png(self, summary: Mapping[str, Any], earlier: list[Mapping[str, Any]]) -> Path:
-        """Queue drawing ``fronts/front_gen_<ggg>.png``; return its path."""
+    def _queue_front_png(self, summary: Mapping[str, Any], earlier: list[Mapping[str, Any]], caption: str = "") -> Path:
+        """Queue drawing ``fronts/front_gen_<ggg>.png`` (captioned); return its path."""
         generation = int(summary["generation"])
         name = f"fronts/front_gen_{generation:03d}.png"
         self._queue_local(name, lambda p: self._draw(
-            "plot_front", summary.get("front", []), p, history=earlier, title=f"Pareto front after generation {generation}"))
+            "plot_front", summary.get("front", []), p, history=earlier, title=f"Pareto front after generation {generation}\n{caption}"))
         return self.artifacts_dir / name
 
     def _queue_local(self, name: str, write: Callable[[Path], Any]) -> None:
