@@ -46,6 +46,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     else:
         kwargs.update(address=address, runtime_env=_runtime_env())
+        check_reachable(address)
     try:
         with _keep_sigterm_handler():
             if address is None or _is_loopback_only_ray(address):
@@ -75,6 +76,26 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
             f"(`ray status`), or leave the address out to start a local Ray{hint}"
         ) from exc
     return ray.cluster_resources()
+
+
+def check_reachable(address: str | None, timeout: float = 10.0) -> None:
+    """Fail fast when nothing listens at a ``HOST:PORT`` (or ``ray://HOST:PORT``) address:
+    ``ray.init`` would retry such an address for many minutes without a word."""
+    import socket
+
+    if address is None:
+        return
+    host, _, port_text = address.removeprefix("ray://").rpartition(":")
+    if not host or not port_text.isdigit():
+        return  # "auto" and other forms: Ray resolves them itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port_text)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"cluster.address {address!r}: nothing answers at {host}:{port_text} ({exc.strerror or exc}); check "
+            "that the cluster is up (`ray status` on its head node) and the address and port (the head's GCS "
+            "port, 6379 by default, or 10001 for ray://), or leave the address out to start a local Ray"
+        ) from None
 
 
 @contextmanager

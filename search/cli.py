@@ -111,15 +111,24 @@ def _finish_search(search, trackers=(), storage=None) -> int:
 
     from rich.console import Console
 
+    from search.disk_full import disk_full, is_disk_full
+    from search.stop_signals import Terminated, stop_on_sigterm
+
     where = storage.uri if storage is not None and storage.remote else search.run_dir
     try:
-        result = search.run()
-    except KeyboardInterrupt:
+        with stop_on_sigterm():
+            result = search.run()
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         Console(stderr=True).print(
-            f"[yellow]interrupted[/]; everything evaluated so far is kept. Continue with: {command_hint('resume', where)}",
+            f"[yellow]{how}[/]; everything evaluated so far is kept. Continue with: {command_hint('resume', where)}",
             soft_wrap=True,
         )
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise disk_full(exc, search.run_dir, command_hint("resume", where)) from exc
+        raise
     finally:
         ray.shutdown()
     console = Console(stderr=True)
@@ -140,6 +149,10 @@ def _finish_search(search, trackers=(), storage=None) -> int:
     console.print(f"next: {command_hint('resume', where, '--generations', search.config.search.generations + 5)}",
                   soft_wrap=True)
     return 0
+
+
+class _LaunchDidNoWork(CertevoError):
+    """A launch failed before its first evaluation; its run directory was removed."""
 
 
 def _run_launch(args: argparse.Namespace) -> int:
@@ -164,9 +177,21 @@ def _run_launch(args: argparse.Namespace) -> int:
     check_tracking_uri(args.tracking_uri)
     with RunStorage(run_dir) as storage:  # a local path, or a URI staged locally and mirrored
         storage.prepare_launch()
+        fresh = storage.is_empty()  # nothing in it but this driver's lock
         trackers = _trackers(args.tracking_uri)
-        search = Search.create(config, storage.local_dir, [ConsoleProgress(), *trackers, *storage.observers()])
-        return _finish_search(search, trackers, storage)
+        try:
+            search = Search.create(config, storage.local_dir, [ConsoleProgress(), *trackers, *storage.observers()])
+            return _finish_search(search, trackers, storage)
+        except Exception as exc:
+            if fresh and not storage.did_work():
+                # Nothing was evaluated: leave nothing that would make the retry a `resume`.
+                storage.discard()
+                note = (f"nothing was evaluated, so {storage.uri} was removed: fix the cause, then run the same "
+                        "launch again")
+                if isinstance(exc, CertevoError):
+                    raise _LaunchDidNoWork(f"{exc}\n({note})") from exc
+                print(f"certevo: {note}", file=sys.stderr)
+            raise
 
 
 def _run_resume(args: argparse.Namespace) -> int:

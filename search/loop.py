@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import yaml
 
-from cluster.connect import connect
+from cluster.connect import check_reachable, connect
 from cluster.islands import host_islands
 from cluster.pool import EvaluationPool, EvaluationTask, TaskResult
 from evaluators.models import make_template
@@ -97,12 +97,15 @@ class Search:
                 f"run directory {path} already holds a search; resume it with `{command_hint('resume', path)}` "
                 "or choose another --run-dir"
             )
-        path.mkdir(parents=True, exist_ok=True)
         config = replace(config, run_dir=str(path))
         _check_budget(config)
-        atomic_write(path / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
         state = SearchState(rng=np.random.default_rng(derive_seed(config.search.seed, "search")))
-        return cls(config, path, state, observers)
+        # Built before anything is written: a data set or model that cannot be loaded
+        # fails here and leaves no run directory behind to block the retry.
+        search = cls(config, path, state, observers)
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write(path / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+        return search
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, generations: int | None = None,
@@ -150,6 +153,9 @@ class Search:
         """Run until the generation count or evaluation budget is reached."""
         torch.set_num_threads(1)
         self.started = time.perf_counter()
+        # A cluster address nobody answers at fails before anything starts (ray.init
+        # would retry it for many minutes).
+        check_reachable(self.config.cluster.address)
         # Observers start first: their background work (e.g. creating the MLflow store)
         # then overlaps with Ray starting, instead of with the evaluator actors starting.
         for observer in self.observers:

@@ -370,6 +370,26 @@ class RunStorage:
             raise StorageError(f"run directory {self.uri}: cannot upload {rel} ({_first_line(exc)}); everything is "
                                f"in the staging directory {self.local_dir}") from exc
 
+    def did_work(self) -> bool:
+        """Whether the search in this run directory journaled an evaluation or wrote a
+        checkpoint (else a failed launch has nothing worth keeping)."""
+        journal = self.local_dir / "evaluations.jsonl"
+        return (journal.is_file() and journal.stat().st_size > 0) or (self.local_dir / "checkpoint").exists()
+
+    def discard(self) -> None:
+        """Remove a run directory that a failed launch created and did no work in (and
+        what this storage uploaded of it), so the same launch can simply be run again."""
+        import shutil
+
+        if self.remote:
+            for rel in list(self._synced):
+                try:
+                    self.filesystem.delete_file(self._remote(rel))
+                except OSError:
+                    pass  # already gone, or unreachable: the message below still holds locally
+            self._synced = {}
+        shutil.rmtree(self.local_dir, ignore_errors=True)
+
     def observers(self) -> list[Any]:
         """The search observers this storage needs: a mirror for a remote run, else none."""
         return [RunMirror(self)] if self.remote else []

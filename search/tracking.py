@@ -652,8 +652,10 @@ class MlflowTracker:
         self._submit("end of the parent run (FINISHED)", functools.partial(self._op_terminate, "FINISHED"))
 
     def on_error(self, search: Any, error: BaseException) -> None:
-        """Not called by the loop today (see the report): mark the parent run FAILED."""
-        self.close(status="FAILED", timeout=min(self.end_timeout, 5.0))
+        """The search stopped early: the parent run ends KILLED when it was stopped on
+        purpose (Ctrl-C, SIGTERM), FAILED otherwise."""
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        self.close(status=status, timeout=min(self.end_timeout, 5.0))
 
     def close(self, status: str = "KILLED", timeout: float = 5.0) -> None:
         """End an open session without the final artifacts (the search stopped early):
@@ -945,6 +947,9 @@ class MlflowTracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
+            from search.tracking_store import prepare_store
+
+            prepare_store(self.tracking_uri, self._artifact_root)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 

@@ -10,6 +10,7 @@ complete: the store is either absent (and built again next time) or whole."""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -51,4 +52,13 @@ def create_sqlite_store(uri: str | None, artifact_root: str | None = None) -> bo
     return True
 
 
-__all__ = ["create_sqlite_store", "sqlite_path"]
+def prepare_store(uri: str | None, artifact_root: str | None = None) -> None:
+    """Ready the store of ``uri`` for the tracker: build a new SQLite store atomically
+    (:func:`create_sqlite_store`), and keep MLflow's own database-error log (a full SQL
+    traceback per failed call, e.g. on a full disk) off the user's terminal: the tracker
+    retries, then reports what it could not log in one line."""
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    create_sqlite_store(uri, artifact_root)
+
+
+__all__ = ["create_sqlite_store", "prepare_store", "sqlite_path"]
