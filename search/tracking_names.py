@@ -14,10 +14,13 @@ import functools
 import hashlib
 import importlib.util
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from population.sparsity_text import LEVEL_TOLERANCE
 
 __all__ = ["child_run_name", "dataset_input", "log_dataset_input"]
 
@@ -29,7 +32,10 @@ def child_run_name(candidate: Any) -> str:
     """``s<sparsity>-cert<certified accuracy>-<id prefix>`` of an evaluated candidate, e.g.
     ``s0.950-cert0.613-1a2b3c4d``: sortable in the MLflow run list, and still unique."""
     record = candidate.record
-    return f"s{record.sparsity:.3f}-cert{record.certified_accuracy:.3f}-{candidate.id[:8]}"
+    # The sparsity is cut, not rounded (as population.sparsity_text does): 0.9496 is s0.949,
+    # never s0.950, which would put it on the wrong side of a 95 % threshold.
+    sparsity = math.floor((record.sparsity + LEVEL_TOLERANCE) * 1000) / 1000
+    return f"s{sparsity:.3f}-cert{record.certified_accuracy:.3f}-{candidate.id[:8]}"
 
 
 def _source_uri(data: Any) -> str:

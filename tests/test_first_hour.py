@@ -19,19 +19,12 @@ import yaml
 from PIL import Image
 
 from search.command_hint import certevo_program, command_hint
+from test_cli import TINY_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 CERTEVO = VENV_BIN / "certevo"
-TINY = {
-    "data": {"subset": 300},
-    "model": {"widths": [16, 16]},
-    "training": {"epochs": 2, "batch_size": 32, "eps": 0.05},
-    "certification": {"eps": 0.05},
-    "genome": {"sparsities": [0.5, 0.9]},
-    "search": {"population_size": 4, "generations": 2, "kstarts": 2, "inherit_epochs": 1},
-    "cluster": {"actors": 2},
-}
+TINY = TINY_CONFIG
 #: 300 digits, 20 % of them for validation; eps from TINY; CROWN is the default method
 CAPTION = "certified accuracy: digits, 60 validation samples, eps 0.05 (L-inf), CROWN"
 

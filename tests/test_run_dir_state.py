@@ -24,23 +24,11 @@ import yaml
 from population.errors import CheckpointError
 from search.config import load_config
 from search.loop import Search
+from test_search import TINY as SEARCH_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "data.subset=300",
-    "model.widths=[16,16]",
-    "training.epochs=2",
-    "training.batch_size=32",
-    "training.eps=0.05",
-    "certification.eps=0.05",
-    "certification.method=ibp",
-    "search.population_size=4",
-    "search.generations=1",
-    "search.kstarts=2",
-    "search.inherit_epochs=1",
-    "genome.sparsities=[0.5,0.9]",
-    "cluster.actors=2",
-]
+# The search tests' tiny search, certified by IBP alone and one generation long.
+TINY = [*SEARCH_TINY, "certification.method=ibp", "search.generations=1"]
 
 
 def certevo(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
