@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -304,8 +305,25 @@ def config_from_dict(values: dict[str, Any] | None) -> SearchConfig:
     return dataclasses.replace(default, **kwargs)
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-5`` as a number as YAML 1.2 does (YAML 1.1, which
+    PyYAML follows, needs ``1.0e-5`` and would hand ``lr: 1e-5`` over as a string)."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """A config text (a file or a ``--set`` value) as plain data."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _parse_scalar(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else None
+    return load_yaml(text) if text != "" else None
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -335,7 +353,7 @@ def read_yaml_mapping(path: str | Path, what: str, error: type[CertevoError], fi
         raise error(f"{what} {p} {state}; {fix}")
     try:
         text = p.read_bytes().decode("utf-8")
-        values = yaml.safe_load(text)
+        values = load_yaml(text)
     except OSError as exc:
         raise error(f"{what} {p} cannot be read ({exc.strerror or exc}); {fix}") from exc
     except UnicodeDecodeError as exc:

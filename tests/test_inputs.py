@@ -421,3 +421,14 @@ def test_train_refuses_a_negative_seed(capsys, exported, tmp_path):
     assert "seed must be a non-negative integer; got -1" in err
     assert not (tmp_path / "t").exists()
 
+
+
+def test_scientific_notation_is_a_number_in_files_and_in_set(tmp_path):
+    """`lr: 1e-3` is what people write; PyYAML alone (YAML 1.1) reads it as a string."""
+    path = tmp_path / "config.yaml"
+    path.write_text("training:\n  lr: 1e-3\ncertification:\n  eps: 5E-2\n")
+    config = load_config(path, ["training.eps=2e-2"])
+    assert config.training.lr == pytest.approx(1e-3)
+    assert config.certification.eps == pytest.approx(5e-2)
+    assert config.training.eps == pytest.approx(2e-2)
+    assert load_config(None, ["data.name=digits"]).data.name == "digits"  # words stay words
