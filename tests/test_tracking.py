@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.metadata
 import json
+import math
 import os
 import shutil
 import signal
@@ -243,7 +244,9 @@ def check_logged(client: MlflowClient, tracked: Tracked, tmp_path: Path) -> None
         assert {f"masks/{cid}.json", f"masks/{cid}.safetensors"} <= paths  # every child run's mask_artifact exists
         record = search.state.archive[cid].record
         assert child.info.status == "FINISHED"
-        assert child.info.run_name == f"s{record.sparsity:.3f}-cert{record.certified_accuracy:.3f}-{cid[:8]}"
+        # sparsity cut to 3 decimals, never rounded up (0.9496 -> s0.949)
+        cut = math.floor((record.sparsity + 1e-12) * 1000) / 1000
+        assert child.info.run_name == f"s{cut:.3f}-cert{record.certified_accuracy:.3f}-{cid[:8]}"
         assert child.data.metrics["certified_accuracy"] == pytest.approx(record.certified_accuracy)
         assert child.data.metrics["clean_accuracy"] == pytest.approx(record.clean_accuracy)
         assert child.data.metrics["sparsity"] == pytest.approx(record.sparsity)
