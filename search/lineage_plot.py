@@ -144,7 +144,7 @@ def lineage_figure(lineage: Any, ids: Sequence[str], *, title: str = "ancestry o
     handles.append(Line2D([0], [0], marker="*", linestyle="", markersize=11, markerfacecolor="white",
                           markeredgecolor=FRONT_COLOR, label="front member"))
     fig.legend(handles=handles, title="parent -> child line: first operator that made the child",
-               loc="outside lower center", fontsize=8, ncols=min(len(handles), 6), frameon=False)
+               loc="outside lower center", fontsize=8, ncols=min(len(handles), 4), frameon=False)
     fig.colorbar(mappable, ax=ax, label="certified accuracy (%)")
     ax.set_xlabel("generation")
     ax.set_ylabel("sparsity (%)")
