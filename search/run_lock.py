@@ -176,14 +176,14 @@ class RemoteRunLock:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def _write(self) -> None:
-        assert self._info is not None
-        self._info["heartbeat"] = time.time()
+    def _write(self, info: dict[str, Any]) -> None:
+        """Write ``info`` (this driver's holder record) with a fresh heartbeat."""
+        info["heartbeat"] = time.time()
         parent = self.path.rsplit("/", 1)[0] if "/" in self.path else ""
         if parent:
             self.filesystem.create_dir(parent, recursive=True)
         with self.filesystem.open_output_stream(self.path) as out:  # object stores: atomic on close
-            out.write(json.dumps(self._info).encode())
+            out.write(json.dumps(info).encode())
 
     def _stale(self, info: dict[str, Any]) -> bool:
         beat = info.get("heartbeat")
@@ -199,7 +199,7 @@ class RemoteRunLock:
             print(f"certevo: warning: taking over the lock of {self.label} from {_describe(current)}: its heartbeat "
                   "stopped or its process is gone", file=sys.stderr, flush=True)
         self._info = {**holder(), "token": uuid.uuid4().hex}
-        self._write()
+        self._write(self._info)
         time.sleep(self.settle)  # a driver starting at the same moment has written by now
         current = self._read()
         if not current or current.get("token") != self._info["token"]:
@@ -224,7 +224,7 @@ class RemoteRunLock:
                     print(f"certevo: warning: the lock of {self.label} was taken over by {self.lost}; this driver "
                           "stops writing there", file=sys.stderr, flush=True)
                     return
-                self._write()
+                self._write(self._info)
             except Exception as exc:  # a network error: try again at the next beat
                 print(f"certevo: warning: could not refresh the lock of {self.label} ({exc}); retrying",
                       file=sys.stderr, flush=True)
