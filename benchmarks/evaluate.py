@@ -62,9 +62,9 @@ CASES = {
 
 
 def _setup(case: str):
-    from evaluators.data import load_dataset
-    from evaluators.models import make_template
-    from evaluators.settings import CertificationSettings, TrainingSettings
+    from certevo.evaluators.data import load_dataset
+    from certevo.evaluators.models import make_template
+    from certevo.evaluators.settings import CertificationSettings, TrainingSettings
 
     spec = CASES[case]
     data = load_dataset(**spec["data"], seed=0)
@@ -75,8 +75,8 @@ def _setup(case: str):
 def _candidates(template, count: int):
     import numpy as np
 
-    from population.genome import random_genome
-    from population.seeds import derive_seed
+    from certevo.population.genome import random_genome
+    from certevo.population.seeds import derive_seed
 
     acts = ["relu"] * len(template.hidden_sizes())
     out = []
@@ -127,9 +127,9 @@ def _worker(case: str, mode: str, count: int, device: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from evaluators.certification import certify  # noqa: F401  (imports auto_LiRPA before timing)
-    from evaluators.evaluator import CandidateEvaluator, EvaluationRequest
-    from evaluators.settings import CertificationSettings
+    from certevo.evaluators.certification import certify  # noqa: F401  (imports auto_LiRPA before timing)
+    from certevo.evaluators.evaluator import CandidateEvaluator, EvaluationRequest
+    from certevo.evaluators.settings import CertificationSettings
 
     data, template, training, certification = _setup(case)
     genomes = _candidates(template, count)

@@ -32,12 +32,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.connect import connect  # noqa: E402
-from cluster.pool import EvaluationPool, EvaluationTask, _failed  # noqa: E402
-from population.genome import random_genome  # noqa: E402
-from population.seeds import derive_seed  # noqa: E402
-from search.config import load_config  # noqa: E402
-from search.journal import EvaluationJournal  # noqa: E402
+from certevo.cluster.connect import connect  # noqa: E402
+from certevo.cluster.pool import EvaluationPool, EvaluationTask, _failed  # noqa: E402
+from certevo.population.genome import random_genome  # noqa: E402
+from certevo.population.seeds import derive_seed  # noqa: E402
+from certevo.search.config import load_config  # noqa: E402
+from certevo.search.journal import EvaluationJournal  # noqa: E402
 
 
 class StubActor:

@@ -39,14 +39,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.connect import connect  # noqa: E402
-from cluster.pool import EvaluationPool, EvaluationTask  # noqa: E402
-from evaluators.models import make_template  # noqa: E402
-from population.genome import random_genome  # noqa: E402
-from population.seeds import derive_seed  # noqa: E402
-from population.selection import hypervolume_2d, pareto_front  # noqa: E402
-from search.config import load_config  # noqa: E402
-from search.loop import Search  # noqa: E402
+from certevo.cluster.connect import connect  # noqa: E402
+from certevo.cluster.pool import EvaluationPool, EvaluationTask  # noqa: E402
+from certevo.evaluators.models import make_template  # noqa: E402
+from certevo.population.genome import random_genome  # noqa: E402
+from certevo.population.seeds import derive_seed  # noqa: E402
+from certevo.population.selection import hypervolume_2d, pareto_front  # noqa: E402
+from certevo.search.config import load_config  # noqa: E402
+from certevo.search.loop import Search  # noqa: E402
 
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist-t10k"
 

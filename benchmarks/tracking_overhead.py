@@ -32,10 +32,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.connect import connect  # noqa: E402
-from search.config import load_config  # noqa: E402
-from search.loop import Search  # noqa: E402
-from search.tracking import MlflowTracker  # noqa: E402
+from certevo.cluster.connect import connect  # noqa: E402
+from certevo.search.config import load_config  # noqa: E402
+from certevo.search.loop import Search  # noqa: E402
+from certevo.search.tracking import MlflowTracker  # noqa: E402
 
 HOOKS = ("on_start", "on_evaluation", "on_generation", "on_end", "on_error")
 

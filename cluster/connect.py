@@ -2,26 +2,47 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from population.errors import ConfigError
+from certevo.population.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("population", "evaluators", "cluster", "search")
+SUBPACKAGES = ("population", "evaluators", "cluster", "search")
+_NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", "configs")
 
 
-def _runtime_env() -> dict[str, Any]:
-    # Ship the project's own packages so cluster workers need only the dependencies.
-    return {"py_modules": [str(PROJECT_ROOT / name) for name in PACKAGES]}
+@contextmanager
+def _runtime_env() -> Iterator[dict[str, Any]]:
+    """Ray's ``runtime_env`` that ships this certevo to a cluster's workers, so they need
+    only the dependencies (``py_modules`` unpacks a folder ``certevo/`` onto their path).
+
+    An installed certevo is that folder already. In a source checkout the subpackages are
+    folders beside ``certevo/``; they are copied into one temporary ``certevo/`` that
+    exists until Ray has uploaded it (during ``ray.init``)."""
+    import certevo
+
+    package = Path(certevo.__file__).resolve().parent
+    if all((package / name / "__init__.py").is_file() for name in SUBPACKAGES):
+        yield {"py_modules": [str(package)]}
+        return
+    with tempfile.TemporaryDirectory(prefix="certevo-py-modules-") as staging:
+        shipped = Path(staging) / "certevo"
+        shutil.copytree(package, shipped, ignore=_NOT_SHIPPED)
+        for name in SUBPACKAGES:
+            source = Path(importlib.import_module(f"certevo.{name}").__file__).resolve().parent
+            shutil.copytree(source, shipped / name, ignore=_NOT_SHIPPED)
+        yield {"py_modules": [str(shipped)]}
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = False) -> dict[str, Any]:
@@ -45,15 +66,14 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
         kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     else:
-        kwargs.update(address=address, runtime_env=_runtime_env())
         check_reachable(address)
     try:
-        with _keep_sigterm_handler():
+        with _keep_sigterm_handler(), ExitStack() as scope:
+            if address is not None:
+                kwargs.update(runtime_env=scope.enter_context(_runtime_env()), address=address)
             if address is None or _is_loopback_only_ray(address):
-                with _loopback_only():
-                    ray.init(**kwargs)
-            else:
-                ray.init(**kwargs)
+                scope.enter_context(_loopback_only())
+            ray.init(**kwargs)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError or its AuthenticationError
         if address is not None and _is_authentication_failure(exc):
             mode = os.environ.get("RAY_AUTH_MODE")

@@ -23,7 +23,7 @@ import ray
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from population.errors import CertevoError
+from certevo.population.errors import CertevoError
 
 MAX_RESTARTS = 8
 

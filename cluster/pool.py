@@ -21,13 +21,13 @@ import ray
 import torch
 from ray.exceptions import RayActorError, RayTaskError
 
-from evaluators.device import DEFAULT_STACK_SIZE
-from evaluators.evaluator import Evaluation, EvaluationRequest
-from evaluators.fitness import FitnessRecord
-from evaluators.lirpa_compat import AutoLirpaMissing
-from evaluators.spec import EvaluationSpec
-from population.errors import CertevoError
-from population.genome import Genome
+from certevo.evaluators.device import DEFAULT_STACK_SIZE
+from certevo.evaluators.evaluator import Evaluation, EvaluationRequest
+from certevo.evaluators.fitness import FitnessRecord
+from certevo.evaluators.lirpa_compat import AutoLirpaMissing
+from certevo.evaluators.spec import EvaluationSpec
+from certevo.population.errors import CertevoError
+from certevo.population.genome import Genome
 
 
 class ClusterError(CertevoError):

@@ -4,7 +4,7 @@ Two routes:
 
 * :func:`build_exported_model` builds the model the search evaluated (same template,
   same activations) with pruned weights as exact zeros in the parameters — ready for
-  :func:`evaluators.bounds.bound_module` and certified training.
+  :func:`certevo.evaluators.bounds.bound_module` and certified training.
 * :func:`apply_mask_to_model` prunes a model *you* built, through
   ``torch.nn.utils.prune.custom_from_mask``. That reparametrises each layer as
   ``weight = weight_orig * weight_mask`` recomputed by a forward pre-hook, so pruned
@@ -18,7 +18,7 @@ Two routes:
   (design.md, "Masks are exact zeros in the weights"); certevo itself never uses the
   reparametrisation for that reason. After ``prune.remove`` nothing keeps the zeros
   any more: further training must mask gradients itself (as
-  :func:`evaluators.training.train_masked` does).
+  :func:`certevo.evaluators.training.train_masked` does).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from evaluators.models import CNNTemplate, MLPTemplate, make_template
-from population.errors import CheckpointError, GenomeError
-from population.export import Export
+from certevo.evaluators.models import CNNTemplate, MLPTemplate, make_template
+from certevo.population.errors import CheckpointError, GenomeError
+from certevo.population.export import Export
 
 __all__ = ["apply_mask_to_model", "build_exported_model", "make_mask_permanent", "template_from_export"]
 

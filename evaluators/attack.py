@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from evaluators.bounds import input_box
+from certevo.evaluators.bounds import input_box
 
 
 def _margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,11 @@
 """Short robust training of many masked candidates at once (clean or IBP), on a
-:class:`~evaluators.stacked.StackedNetwork`.
+:class:`~certevo.evaluators.stacked.StackedNetwork`.
 
 Every candidate keeps its own init (its model's weights), its own data order and its own
 failure: candidate ``c`` draws its batches from its own generator (``seeds[c]``), and its
 loss, gradients and Adam moments only ever touch slice ``c`` of the stacked tensors (Adam
 is element-wise, so one optimiser over the stack is C independent optimisers; it is
-torch's Adam arithmetic without its slow square root of zeros: evaluators.adam). A
+torch's Adam arithmetic without its slow square root of zeros: certevo.evaluators.adam). A
 candidate's trained weights therefore do not depend on which others share its stack.
 A candidate whose loss stops being finite is dropped from the summed loss at that step
 and reported with the same message as the one-at-a-time path; the others go on.
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from evaluators.adam import MaskedAdam
-from evaluators.data import Split
-from evaluators.settings import TrainingSettings
-from evaluators.stacked import StackedNetwork, input_box
-from evaluators.training import KStartsScores, learning_rate, loss_diverged, ramp, weights_diverged
+from certevo.evaluators.adam import MaskedAdam
+from certevo.evaluators.data import Split
+from certevo.evaluators.settings import TrainingSettings
+from certevo.evaluators.stacked import StackedNetwork, input_box
+from certevo.evaluators.training import KStartsScores, learning_rate, loss_diverged, ramp, weights_diverged
 
 #: Training methods the stacked path implements; others go one at a time.
 STACKED_METHODS = ("clean", "ibp")
@@ -51,7 +51,7 @@ def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 class _BoxTable:
-    """The full-eps ball (:func:`~evaluators.stacked.input_box`) of every training image,
+    """The full-eps ball (:func:`~certevo.evaluators.stacked.input_box`) of every training image,
     computed on first use: once the eps ramp is over (and for inherited weights, from the
     first step) a step gathers its rows instead of recomputing them per candidate (on
     MNIST those input-sized element-wise passes cost about as much as the first layer's
@@ -90,9 +90,9 @@ def stacked_losses(
     box: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Each candidate's training loss on its batch, shape [C]: the natural cross-entropy
-    mixed with the IBP robust loss as :func:`evaluators.training._loss` does (kappa falls
+    mixed with the IBP robust loss as :func:`certevo.evaluators.training._loss` does (kappa falls
     from 1 to ``kappa_final`` with ``progress``; a candidate at eps 0 gets the natural loss).
-    ``box``: the inputs' eps-ball (:func:`~evaluators.stacked.input_box`), if known."""
+    ``box``: the inputs' eps-ball (:func:`~certevo.evaluators.stacked.input_box`), if known."""
     logits = net(x)
     natural = _cross_entropy(logits, y)
     if settings.method == "clean" or not bool((eps > 0).any()):
@@ -196,7 +196,7 @@ def stacked_dense_gradients(
 ) -> dict[str, torch.Tensor]:
     """|d loss / d w| of every entry of every layer's weight, pruned entries included,
     per candidate ([C, ...] by layer name): the stacked form of
-    :func:`evaluators.training.dense_gradients` (full eps, final kappa, ``samples``
+    :func:`certevo.evaluators.training.dense_gradients` (full eps, final kappa, ``samples``
     training images drawn with each candidate's seed)."""
     index = torch.stack([
         torch.randperm(len(data.y), generator=torch.Generator().manual_seed(int(s)))[:samples] for s in seeds

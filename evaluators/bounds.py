@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from evaluators.lirpa_compat import auto_lirpa
-from evaluators.models import NeuronActivations
+from certevo.evaluators.lirpa_compat import auto_lirpa
+from certevo.evaluators.models import NeuronActivations
 
 #: auto_LiRPA's method names for certevo's bound methods.
 LIRPA_METHODS = {

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from evaluators.attack import pgd_attack
-from evaluators.bounds import margin_lower_bounds
-from evaluators.data import Split
-from evaluators.settings import CertificationSettings
+from certevo.evaluators.attack import pgd_attack
+from certevo.evaluators.bounds import margin_lower_bounds
+from certevo.evaluators.data import Split
+from certevo.evaluators.settings import CertificationSettings
 
 
 #: Samples bounded per auto_LiRPA IBP call (and per plain forward pass).

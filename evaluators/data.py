@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluators.digits import load_digits
-from evaluators.npz import load_npz
-from population.errors import ConfigError, DataError
+from certevo.evaluators.digits import load_digits
+from certevo.evaluators.npz import load_npz
+from certevo.population.errors import ConfigError, DataError
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "kmnist", "npz")
 
@@ -126,7 +126,7 @@ def _check_seed(seed: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(
             f"seed must be a non-negative integer, got seed={seed!r}. "
-            "Pass e.g. seed=0 (derive per-run seeds with population.seeds.derive_seed)."
+            "Pass e.g. seed=0 (derive per-run seeds with certevo.population.seeds.derive_seed)."
         )
 
 

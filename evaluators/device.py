@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from population.errors import ConfigError
+from certevo.population.errors import ConfigError
 
 DEVICES = ("cpu", "cuda")
 

@@ -12,26 +12,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from evaluators.batched_training import STACKED_METHODS, stacked_dense_gradients, train_stacked
-from evaluators.bounds import BoundedModuleCache, VerifierError, bound_module
-from evaluators.certification import certify
-from evaluators.data import DatasetSplits
-from evaluators.device import DEFAULT_STACK_SIZE, resolve_device
-from evaluators.fitness import FitnessRecord
-from evaluators.lirpa_compat import AutoLirpaMissing
-from evaluators.models import ModelTemplate, activation_pattern_key
-from evaluators.settings import CertificationSettings, TrainingSettings
-from evaluators.stacked import NotStackable, StackedNetwork
-from evaluators.training import TrainingDiverged, dense_gradients, train_masked
-from population.genome import UNCERTIFIABLE_ACTIVATIONS, Genome
-from population.seeds import derive_seed
+from certevo.evaluators.batched_training import STACKED_METHODS, stacked_dense_gradients, train_stacked
+from certevo.evaluators.bounds import BoundedModuleCache, VerifierError, bound_module
+from certevo.evaluators.certification import certify
+from certevo.evaluators.data import DatasetSplits
+from certevo.evaluators.device import DEFAULT_STACK_SIZE, resolve_device
+from certevo.evaluators.fitness import FitnessRecord
+from certevo.evaluators.lirpa_compat import AutoLirpaMissing
+from certevo.evaluators.models import ModelTemplate, activation_pattern_key
+from certevo.evaluators.settings import CertificationSettings, TrainingSettings
+from certevo.evaluators.stacked import NotStackable, StackedNetwork
+from certevo.evaluators.training import TrainingDiverged, dense_gradients, train_masked
+from certevo.population.genome import UNCERTIFIABLE_ACTIVATIONS, Genome
+from certevo.population.seeds import derive_seed
 
 
 @dataclass(frozen=True)
 class Evaluation:
     """A fitness record plus, when asked for, the trained weights (the model's state dict)
     and the absolute dense gradient of each prunable layer's weight (for guided,
-    Lamarckian variation: see population.guided_operators)."""
+    Lamarckian variation: see certevo.population.guided_operators)."""
 
     record: FitnessRecord
     weights: dict[str, torch.Tensor] | None = None
@@ -67,7 +67,7 @@ class CandidateEvaluator:
     once (:meth:`evaluate_batch`).
 
     With ``stacked`` (the default), candidates whose training the stacked path implements
-    (clean and IBP, monotone activations: evaluators.batched_training) are trained
+    (clean and IBP, monotone activations: certevo.evaluators.batched_training) are trained
     together, up to ``stack_size`` per vectorised pass; a candidate's record is the same
     whether it was trained alone or with others. Everything else, and ``stacked=False``,
     trains one model at a time through auto_LiRPA. Certificates always come from

@@ -12,7 +12,7 @@ The search scores each candidate with a *short* training and picks candidates on
   the natural-loss weight kappa from 1 to ``kappa_final`` (and, for CROWN-IBP, the CROWN
   share from 1 to 0); the rest trains at full eps. From trained weights (already robust)
   it fine-tunes at the full eps from the first step: no warm-up, no ramp (unless asked
-  for). Training is :func:`evaluators.training.train_masked`, so pruned weights stay exact
+  for). Training is :func:`certevo.evaluators.training.train_masked`, so pruned weights stay exact
   zeros;
 * trains on the train split **plus the validation split** by default
   (``use_validation=True``): validation was already used up for choosing the candidate,
@@ -43,16 +43,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from evaluators.apply_mask import build_exported_model
-from evaluators.bounds import VerifierError, bound_module
-from evaluators.certification import certify
-from evaluators.data import DatasetSplits, Split, load_dataset
-from evaluators.settings import CertificationSettings, TrainingSettings
-from evaluators.training import train_masked
-from population.errors import CheckpointError, ConfigError, DataError
-from population.export import Export
-from population.files import atomic_write
-from population.seeds import derive_seed
+from certevo.evaluators.apply_mask import build_exported_model
+from certevo.evaluators.bounds import VerifierError, bound_module
+from certevo.evaluators.certification import certify
+from certevo.evaluators.data import DatasetSplits, Split, load_dataset
+from certevo.evaluators.settings import CertificationSettings, TrainingSettings
+from certevo.evaluators.training import train_masked
+from certevo.population.errors import CheckpointError, ConfigError, DataError
+from certevo.population.export import Export
+from certevo.population.files import atomic_write
+from certevo.population.seeds import derive_seed
 
 DEFAULT_EPOCHS = 60
 DEFAULT_RAMP_FRACTION = 0.4
@@ -306,7 +306,7 @@ def train_final(
     (``seed``, candidate id). ``progress`` shows a rich progress bar on stderr; ``callback``
     receives an :class:`EpochProgress` after each epoch. Raises :class:`ConfigError` for
     bad settings, :class:`DataError` if the data cannot be read, and
-    :class:`~evaluators.training.TrainingDiverged` if the loss becomes NaN (lower ``lr``).
+    :class:`~certevo.evaluators.training.TrainingDiverged` if the loss becomes NaN (lower ``lr``).
     """
     started = time.perf_counter()
     cid = export.candidate_id

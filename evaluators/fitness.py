@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from population.sparsity_text import format_sparsity
+from certevo.population.sparsity_text import format_sparsity
 
 
 @dataclass(frozen=True)

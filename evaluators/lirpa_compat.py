@@ -23,7 +23,7 @@ import types
 import warnings
 from typing import Any
 
-from population.errors import CertevoError
+from certevo.population.errors import CertevoError
 
 INSTALL_HINT = (
     "auto_LiRPA is not installed. Install it without its stale dependency pins: "

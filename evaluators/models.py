@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from population.errors import ConfigError, GenomeError
-from population.genome import Genome, dense_genome
+from certevo.population.errors import ConfigError, GenomeError
+from certevo.population.genome import Genome, dense_genome
 
 TEMPLATE_KINDS = ("mlp", "cnn")
 

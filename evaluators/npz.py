@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from population.errors import DataError
+from certevo.population.errors import DataError
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK"

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from population.errors import ConfigError
+from certevo.population.errors import ConfigError
 
 TRAINING_METHODS = ("clean", "pgd", "ibp", "crown-ibp")
 LR_SCHEDULES = ("constant", "cosine")

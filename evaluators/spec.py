@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from evaluators.data import DATASETS, DatasetSplits, load_dataset
-from evaluators.evaluator import CandidateEvaluator
-from evaluators.models import TEMPLATE_KINDS, make_template
-from evaluators.settings import CertificationSettings, TrainingSettings, _fraction, _require
+from certevo.evaluators.data import DATASETS, DatasetSplits, load_dataset
+from certevo.evaluators.evaluator import CandidateEvaluator
+from certevo.evaluators.models import TEMPLATE_KINDS, make_template
+from certevo.evaluators.settings import CertificationSettings, TrainingSettings, _fraction, _require
 
 
 @dataclass(frozen=True)

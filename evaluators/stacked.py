@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from evaluators.models import NeuronActivations
+from certevo.evaluators.models import NeuronActivations
 
 #: Activations whose interval image is [f(l), f(u)] (monotone non-decreasing), by the
 #: name certevo's genomes use for them, with the function the model modules compute.

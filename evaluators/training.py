@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from evaluators.attack import pgd_attack
-from evaluators.bounds import margin_lower_bounds
-from evaluators.data import Split
-from evaluators.settings import TrainingSettings
+from certevo.evaluators.attack import pgd_attack
+from certevo.evaluators.bounds import margin_lower_bounds
+from certevo.evaluators.data import Split
+from certevo.evaluators.settings import TrainingSettings
 
 
 class TrainingDiverged(Exception):

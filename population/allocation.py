@@ -1,7 +1,7 @@
 """How a global sparsity is split across layers.
 
 A target sparsity is met exactly: a genome built for sparsity ``s`` keeps the most weights
-it can while ``1 - kept / total >= s`` (as :attr:`population.genome.Genome.sparsity`
+it can while ``1 - kept / total >= s`` (as :attr:`certevo.population.genome.Genome.sparsity`
 measures it), so it is never below the target and never more than one weight above it
 (unless keeping one weight per layer already prunes less; every layer keeps at least one).
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from population.errors import GenomeError
+from certevo.population.errors import GenomeError
 
 ALLOCATIONS: tuple[str, ...] = ("uniform", "erk")
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from population.files import TMP_PREFIX, atomic_write
-from population.errors import CheckpointError, ConfigError
-from population.genome import Genome
+from certevo.population.files import TMP_PREFIX, atomic_write
+from certevo.population.errors import CheckpointError, ConfigError
+from certevo.population.genome import Genome
 
 CHECKPOINT_FORMAT = "certevo-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 2
@@ -64,7 +64,7 @@ class CheckpointStore:
       files the manifest no longer names. Only the latest generation is kept.
     * Snapshots are never mutated: ``save`` serialises its arguments at call time and
       ``load`` returns fresh objects, so neither side can change a stored checkpoint.
-    * ``load`` refuses loudly (:class:`~population.errors.CheckpointError` naming the
+    * ``load`` refuses loudly (:class:`~certevo.population.errors.CheckpointError` naming the
       file, what is wrong and what to do) on a missing, truncated, damaged (sha256
       mismatch of the arrays or of the manifest itself) or foreign (other format name or
       version) checkpoint; it never falls back

@@ -21,7 +21,7 @@ candidate. ``<stem>.json`` is the manifest::
     data              name, path, seed, subset, val_fraction, test_fraction
     config_digest     SearchConfig.digest() of the search that found it
     lineage           candidate_id, parents, operator, generation
-    certevo_version   version of the certevo that wrote it ("unknown" if not installed)
+    certevo_version   version of the certevo that wrote it (certevo.__version__)
     masks_file        name of the safetensors file (informational)
     masks_sha256      sha256 of the safetensors file's bytes
     trained_weights   the parameter names of the trained weights in the file, or null
@@ -31,7 +31,7 @@ plus any further JSON entries the writer passes (e.g. ``training`` and
 
 Writing is atomic per file (temp file, fsync, ``os.replace``): the safetensors file first,
 the manifest last, so a manifest on disk always names masks that were fully written.
-Reading refuses loudly (:class:`~population.errors.CheckpointError` naming the file, the
+Reading refuses loudly (:class:`~certevo.population.errors.CheckpointError` naming the file, the
 problem and the fix) on missing, damaged (sha256 mismatch, bad JSON, bad masks) or foreign
 files; it never guesses. No pickle anywhere; this module imports neither torch nor the
 evaluators (it is part of ``population``).
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.metadata
 import json
 import os
 from collections.abc import Mapping
@@ -51,9 +50,9 @@ from typing import Any
 
 import numpy as np
 
-from population.files import atomic_write
-from population.errors import CheckpointError, ConfigError
-from population.genome import Genome
+from certevo.population.files import atomic_write
+from certevo.population.errors import CheckpointError, ConfigError
+from certevo.population.genome import Genome
 
 EXPORT_FORMAT = "certevo-export"
 EXPORT_FORMAT_VERSION = 1
@@ -93,11 +92,10 @@ __all__ = [
 
 
 def certevo_version() -> str:
-    """The installed certevo's version, or ``"unknown"``."""
-    try:
-        return importlib.metadata.version("certevo")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    """This certevo's version (``certevo.__version__``)."""
+    from certevo import __version__
+
+    return __version__
 
 
 def export_paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -166,7 +164,7 @@ def _check_fields(genome: Genome, fields: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise ConfigError(
             f"manifest_fields lacks {missing}; an export needs {', '.join(REQUIRED_FIELDS)} "
-            "(search.export_commands.export_candidate fills them from a run directory)"
+            "(certevo.search.export_commands.export_candidate fills them from a run directory)"
         )
     try:
         data = json.loads(json.dumps(dict(fields), allow_nan=False))
@@ -237,7 +235,7 @@ def write_export(
     from safetensors.numpy import save as save_bytes
 
     if not isinstance(genome, Genome):
-        raise ConfigError(f"write_export needs a population.genome.Genome; got {type(genome).__name__}")
+        raise ConfigError(f"write_export needs a certevo.population.genome.Genome; got {type(genome).__name__}")
     fields = _check_fields(genome, manifest_fields)
     json_path, tensor_path = export_paths(path)
     arrays = genome.mask_arrays()

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from population.allocation import layer_kept_counts
-from population.errors import CheckpointError, GenomeError
+from certevo.population.allocation import layer_kept_counts
+from certevo.population.errors import CheckpointError, GenomeError
 
 #: Activation functions a hidden layer may use. "linear" (the identity) grafts a neuron's
 #: activation away, which makes it exactly linear for the verifier.
@@ -220,7 +220,7 @@ class Genome:
         """Write ``<path>.json`` and ``<path>.safetensors``; return both paths."""
         from safetensors.numpy import save
 
-        from population.files import atomic_write
+        from certevo.population.files import atomic_write
 
         base = Path(path)
         json_path, tensor_path = base.with_suffix(".json"), base.with_suffix(".safetensors")
@@ -265,7 +265,7 @@ def random_genome(
     allocation: str = "uniform",
 ) -> Genome:
     """A genome pruned at random to global ``sparsity``, split across layers by
-    ``allocation`` (see :mod:`population.allocation`; ``uniform``: the same sparsity in
+    ``allocation`` (see :mod:`certevo.population.allocation`; ``uniform``: the same sparsity in
     every layer). Exact kept counts per layer; one ``rng.choice`` per layer, in order."""
     counts = layer_kept_counts(layer_shapes, sparsity, allocation)
     masks = {}

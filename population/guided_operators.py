@@ -22,12 +22,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from population.allocation import allocate_kept, kept_for_sparsity
-from population.errors import GenomeError
-from population.genome import Genome
+from certevo.population.allocation import allocate_kept, kept_for_sparsity
+from certevo.population.errors import GenomeError
+from certevo.population.genome import Genome
 
 #: How a target sparsity is split across layers when pruning by magnitude: ``erk`` and
-#: ``uniform`` as in population.allocation, ``global`` by one magnitude threshold over
+#: ``uniform`` as in certevo.population.allocation, ``global`` by one magnitude threshold over
 #: every layer (layers whose weights are small lose most).
 PRUNE_ALLOCATIONS: tuple[str, ...] = ("erk", "uniform", "global")
 
@@ -232,9 +232,9 @@ def magnitude_prune(
     magnitudes: Mapping[str, np.ndarray],
 ) -> Genome:
     """``genome`` pruned by magnitude to global ``sparsity``: it keeps the most weights
-    that still meet it (see population.allocation.kept_for_sparsity; a genome already that
+    that still meet it (see certevo.population.allocation.kept_for_sparsity; a genome already that
     sparse is returned unchanged). ``erk``/``uniform``: each layer gets its kept count from
-    population.allocation and keeps its largest weights; ``global``: the largest kept
+    certevo.population.allocation and keeps its largest weights; ``global``: the largest kept
     weights over all layers stay. Only kept weights can stay: a layer allotted more than it
     keeps is capped, and the surplus goes to the other layers, largest weights first.
 

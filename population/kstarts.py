@@ -8,8 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from population.errors import ConfigError
-from population.genome import Genome, random_genome
+from certevo.population.errors import ConfigError
+from certevo.population.genome import Genome, random_genome
 
 
 def kstart_candidates(
@@ -23,8 +23,8 @@ def kstart_candidates(
     """``k`` random genomes per target sparsity, as (sparsity, genome) in a fixed order.
 
     Draws, per sparsity in order and per start: ``activations(rng)`` (the activation
-    genes), then the masks (see :func:`population.genome.random_genome`), split across
-    layers by ``allocation`` (see :mod:`population.allocation`).
+    genes), then the masks (see :func:`certevo.population.genome.random_genome`), split across
+    layers by ``allocation`` (see :mod:`certevo.population.allocation`).
     """
     if k < 1:
         raise ConfigError(f"search.kstarts must be >= 1; got {k}; e.g. 2")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from population.errors import CheckpointError, ConfigError
+from certevo.population.errors import CheckpointError, ConfigError
 
 LINEAGE_FORMAT = "certevo-lineage"
 LINEAGE_FORMAT_VERSION = 1

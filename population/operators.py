@@ -1,4 +1,4 @@
-"""Variation operators on :class:`~population.genome.Genome`: prune-and-regrow, density
+"""Variation operators on :class:`~certevo.population.genome.Genome`: prune-and-regrow, density
 mutation, crossover and activation mutation.
 
 Every operator is pure: it takes the parent genome(s) and a ``numpy.random.Generator``,
@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from population.errors import ConfigError, GenomeError
-from population.allocation import layer_kept_counts
-from population.genome import KNOWN_ACTIVATIONS, Genome, random_genome
+from certevo.population.errors import ConfigError, GenomeError
+from certevo.population.allocation import layer_kept_counts
+from certevo.population.genome import KNOWN_ACTIVATIONS, Genome, random_genome
 
 DROP_CRITERIA: tuple[str, ...] = ("random", "magnitude", "gradient")
 GROW_CRITERIA: tuple[str, ...] = ("random", "gradient")
@@ -172,7 +172,7 @@ def random_sparse_genome(
 
     Draws, per layer in order: one ``rng.choice`` of the kept positions (without
     replacement). Each layer keeps its share of the most weights that still meet
-    ``sparsity`` (population.allocation, ``uniform``): the genome is never less sparse.
+    ``sparsity`` (certevo.population.allocation, ``uniform``): the genome is never less sparse.
     """
     return random_genome(layer_shapes, activations, sparsity, rng)
 
@@ -311,7 +311,7 @@ def crossover_uniform(
     Each layer is then repaired to its target kept count by dropping random kept or
     growing random pruned positions: ``round(mean(kept_a, kept_b))`` per layer, or, when
     ``target_sparsity`` is given, the layer's uniform share of the most weights that still
-    meet it (population.allocation.layer_kept_counts). Each
+    meet it (certevo.population.allocation.layer_kept_counts). Each
     hidden layer's activation (with its per-neuron choices) comes from ``a`` or ``b`` with
     probability 0.5.
 

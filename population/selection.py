@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 from deap import base, tools
 
-from population.errors import ConfigError
+from certevo.population.errors import ConfigError
 
 T = TypeVar("T")
 

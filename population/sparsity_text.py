@@ -3,7 +3,7 @@
 Tables show a sparsity next to thresholds ("best certified at >= 95 %"), so rounding
 0.94995 up to "95.00%" would put a candidate visibly on the wrong side of one. Here the
 percentage is cut, never rounded up. A value within ``LEVEL_TOLERANCE`` below a level
-counts as reaching it, as in ``search.loop.best_at_levels``: both absorb the last-bit
+counts as reaching it, as in ``certevo.search.loop.best_at_levels``: both absorb the last-bit
 error of ``1 - kept / total``.
 """
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from pathlib import PurePath
 from typing import Any
 
-from evaluators.fitness import FitnessRecord
-from search.config import SearchConfig
+from certevo.evaluators.fitness import FitnessRecord
+from certevo.search.config import SearchConfig
 
 METHOD_NAMES = {"ibp": "IBP", "crown": "CROWN", "crown-optimized": "alpha-CROWN"}
 
@@ -57,7 +57,7 @@ def certified_caption(config: SearchConfig, records: Iterable[FitnessRecord]) ->
 
 
 def search_caption(search: Any) -> str:
-    """The caption of a running or finished :class:`search.loop.Search` (or of anything
+    """The caption of a running or finished :class:`certevo.search.loop.Search` (or of anything
     with its ``config`` and ``state``; a state without an archive has no records yet)."""
     archive = getattr(search.state, "archive", None) or {}
     return certified_caption(search.config, (c.record for c in archive.values()))

@@ -8,10 +8,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from population.errors import CertevoError, ConfigError
-from population.sparsity_text import format_sparsity
-from search.command_hint import command_hint
-from search.input_checks import check_new_run_dir, check_output_file, check_tracking_uri, user_path
+from certevo import __version__
+from certevo.population.errors import CertevoError, ConfigError
+from certevo.population.sparsity_text import format_sparsity
+from certevo.search.command_hint import command_hint
+from certevo.search.input_checks import check_new_run_dir, check_output_file, check_tracking_uri, user_path
 
 #: Arguments that name a file or directory (a leading ``~`` is expanded).
 _PATH_ARGUMENTS = ("config", "run_dir", "data_path", "output", "plot", "file")
@@ -45,12 +46,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
     from rich.console import Console
 
-    from evaluators.data import load_dataset
-    from evaluators.evaluator import CandidateEvaluator
-    from evaluators.models import make_template
-    from evaluators.settings import CertificationSettings, TrainingSettings
-    from population.genome import random_genome
-    from population.seeds import derive_seed
+    from certevo.evaluators.data import load_dataset
+    from certevo.evaluators.evaluator import CandidateEvaluator
+    from certevo.evaluators.models import make_template
+    from certevo.evaluators.settings import CertificationSettings, TrainingSettings
+    from certevo.population.genome import random_genome
+    from certevo.population.seeds import derive_seed
 
     console = Console(stderr=True)
     if args.threads < 1:
@@ -111,8 +112,8 @@ def _finish_search(search, trackers=(), storage=None) -> int:
 
     from rich.console import Console
 
-    from search.disk_full import disk_full, is_disk_full
-    from search.stop_signals import Terminated, stop_on_sigterm
+    from certevo.search.disk_full import disk_full, is_disk_full
+    from certevo.search.stop_signals import Terminated, stop_on_sigterm
 
     where = storage.uri if storage is not None and storage.remote else search.run_dir
     try:
@@ -158,10 +159,10 @@ class _LaunchDidNoWork(CertevoError):
 def _run_launch(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from search.config import load_config
-    from search.loop import Search
-    from search.progress import ConsoleProgress
-    from search.run_storage import RunStorage
+    from certevo.search.config import load_config
+    from certevo.search.loop import Search
+    from certevo.search.progress import ConsoleProgress
+    from certevo.search.run_storage import RunStorage
 
     config = load_config(args.config, args.overrides)
     if args.address is not None:
@@ -195,10 +196,10 @@ def _run_launch(args: argparse.Namespace) -> int:
 
 
 def _run_resume(args: argparse.Namespace) -> int:
-    from search.loop import Search
-    from search.progress import ConsoleProgress
-    from search.run_storage import RunStorage
-    from search.tracking_location import resume_tracking_uri
+    from certevo.search.loop import Search
+    from certevo.search.progress import ConsoleProgress
+    from certevo.search.run_storage import RunStorage
+    from certevo.search.tracking_location import resume_tracking_uri
 
     with RunStorage(args.run_dir) as storage:  # a local path, or a URI downloaded to local staging
         storage.prepare_resume()
@@ -229,8 +230,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.tree import Tree
 
-    from search.certified_caption import caption_text
-    from search.inspect_run import lineage_tree, load_run, resolve_id, sorted_rows, summary
+    from certevo.search.certified_caption import caption_text
+    from certevo.search.inspect_run import lineage_tree, load_run, resolve_id, sorted_rows, summary
 
     if args.plot:
         check_output_file(args.plot, "--plot")
@@ -241,7 +242,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
         tree = lineage_tree(state, resolve_id(state, args.lineage))
         info = {"lineage": tree}
     if args.plot:
-        from search.plots import plot_front, plot_history
+        from certevo.search.plots import plot_front, plot_history
 
         points = [(c.record.sparsity, c.record.certified_accuracy) for c in state.front()]
         plot_front(points, args.plot, history=state.history, title=f"{args.run_dir}: Pareto front\n{caption}")
@@ -309,7 +310,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from search.export_commands import export_candidate
+    from certevo.search.export_commands import export_candidate
 
     json_path, tensor_path = export_candidate(args.run_dir, args.output, candidate_id=args.candidate_id,
                                               min_sparsity=args.min_sparsity, knee=args.knee)
@@ -343,7 +344,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from search.export_commands import train_exported
+    from certevo.search.export_commands import train_exported
 
     overrides = {k: v for k, v in {"epochs": args.epochs, "method": args.method, "eps": args.eps, "lr": args.lr,
                                    "batch_size": args.batch_size, "data_path": args.data_path,
@@ -380,8 +381,8 @@ def _run_tune(args: argparse.Namespace) -> int:
 
     import ray
 
-    from search.config import load_config
-    from search.tune import TUNE_FILE, config_key, trial_line, tune
+    from certevo.search.config import load_config
+    from certevo.search.tune import TUNE_FILE, config_key, trial_line, tune
 
     if args.trials < 1:
         raise ConfigError(f"--trials must be >= 1; got {args.trials}")
@@ -420,7 +421,7 @@ def _run_tune(args: argparse.Namespace) -> int:
 
 def _trackers(tracking_uri, experiment="certevo", tags=None):
     """The MLflow tracker, as a list of observers."""
-    from search.tracking import MlflowTracker
+    from certevo.search.tracking import MlflowTracker
 
     tracking_uri = check_tracking_uri(tracking_uri)  # an unusable store fails now, not after minutes of retries
     return [MlflowTracker(tracking_uri=tracking_uri, experiment_name=experiment, tags=tags or {})]
@@ -432,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="certevo",
         description="Evolutionary search for sparse, certifiably robust neural networks.",
     )
+    parser.add_argument("--version", action="version", version=f"certevo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_launch(sub)
     _add_resume(sub)

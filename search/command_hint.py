@@ -21,7 +21,7 @@ PROGRAM = "certevo"
 
 def _entry_point(name: str, argv0: str, executable: str) -> str | None:
     """The absolute path of the console script ``name`` of this environment, if there is
-    one: the running script itself, or (``python -m search.cli``, tests, or another tool
+    one: the running script itself, or (``python -m certevo``, tests, or another tool
     such as ``mlflow``) the one installed next to the interpreter."""
     if name == PROGRAM and argv0 and Path(argv0).stem == PROGRAM and Path(argv0).is_file():
         return os.path.abspath(argv0)
@@ -41,7 +41,7 @@ def certevo_program(*, argv0: str | None = None, executable: str | None = None, 
     if entry is None:
         if name != PROGRAM:  # not installed here: whatever PATH finds, if anything
             return name
-        return f"{shlex.quote(executable)} -m search.cli"  # a source checkout without the script
+        return f"{shlex.quote(executable)} -m certevo"  # a source checkout without the script
     found = shutil.which(name, path=path)
     if found is not None and _same_file(found, entry):
         return name

@@ -17,13 +17,13 @@ from typing import Any
 
 import yaml
 
-from evaluators.data import DATASETS
-from evaluators.device import DEVICES
-from evaluators.settings import CertificationSettings, TrainingSettings
-from evaluators.spec import DataSpec, EvaluationSpec, ModelSpec
-from population.errors import CertevoError, CheckpointError, ConfigError
-from population.allocation import ALLOCATIONS
-from population.genome import KNOWN_ACTIVATIONS
+from certevo.evaluators.data import DATASETS
+from certevo.evaluators.device import DEVICES
+from certevo.evaluators.settings import CertificationSettings, TrainingSettings
+from certevo.evaluators.spec import DataSpec, EvaluationSpec, ModelSpec
+from certevo.population.errors import CertevoError, CheckpointError, ConfigError
+from certevo.population.allocation import ALLOCATIONS
+from certevo.population.genome import KNOWN_ACTIVATIONS
 
 STRATEGIES = ("nsga2", "coevolution")
 INITS = ("kstarts+prune", "kstarts")
@@ -62,7 +62,7 @@ class GenomeSpace:
     per_neuron: bool = False
     min_sparsity: float = 0.3
     max_sparsity: float = 0.995
-    #: How K-starts masks split a target sparsity across layers (population.allocation).
+    #: How K-starts masks split a target sparsity across layers (certevo.population.allocation).
     allocation: str = "erk"
 
     def __post_init__(self) -> None:
@@ -93,11 +93,11 @@ class OperatorRates:
     """Probabilities of the variation operators.
 
     With weight inheritance (search.weight_inheritance, the default) a child has one
-    parent and gets exactly one guided mask operator (population.guided_operators:
+    parent and gets exactly one guided mask operator (certevo.population.guided_operators:
     sparsify, reallocate or regrow, equally likely; ``regrow_fraction`` is the share
     regrown), then an activation mutation with probability ``activation``. Without it,
     ``crossover``, ``prune_regrow``, ``density`` and ``density_step`` drive the random
-    operators of population.operators.
+    operators of certevo.population.operators.
     """
 
     crossover: float = 0.5

@@ -8,7 +8,7 @@ import errno
 import shutil
 from pathlib import Path
 
-from population.errors import CertevoError
+from certevo.population.errors import CertevoError
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 

@@ -1,8 +1,8 @@
 """What ``certevo export`` and ``certevo train-final`` do, as plain functions.
 
-A run directory (written by :class:`search.loop.Search`) holds ``config.yaml`` and
-``checkpoint/`` (a :class:`~population.checkpoint.CheckpointStore`). Exporting reads the
-last checkpoint, chooses ONE candidate and writes it with :func:`population.export.write_export`.
+A run directory (written by :class:`certevo.search.loop.Search`) holds ``config.yaml`` and
+``checkpoint/`` (a :class:`~certevo.population.checkpoint.CheckpointStore`). Exporting reads the
+last checkpoint, chooses ONE candidate and writes it with :func:`certevo.population.export.write_export`.
 
 Choosing (exactly one rule):
 
@@ -25,15 +25,15 @@ from pathlib import Path
 from typing import Any
 
 
-from evaluators.final_training import REPORT_FILE, FinalReport, save_final, train_final
-from evaluators.models import make_template
-from population.errors import CheckpointError, ConfigError
-from population.export import Export, export_paths, read_export, write_export
-from search.config import SearchConfig
-from search.inspect_run import load_run, resolve_id
-from search.input_checks import can_create_in, check_output_file
-from search.journal import EvaluationJournal
-from search.state import Candidate, SearchState, split_trained
+from certevo.evaluators.final_training import REPORT_FILE, FinalReport, save_final, train_final
+from certevo.evaluators.models import make_template
+from certevo.population.errors import CheckpointError, ConfigError
+from certevo.population.export import Export, export_paths, read_export, write_export
+from certevo.search.config import SearchConfig
+from certevo.search.inspect_run import load_run, resolve_id
+from certevo.search.input_checks import can_create_in, check_output_file
+from certevo.search.journal import EvaluationJournal
+from certevo.search.state import Candidate, SearchState, split_trained
 
 #: Input shapes of the data sets whose shape is fixed (others are read from the data).
 _KNOWN_INPUT_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "kmnist": (1, 28, 28)}
@@ -236,7 +236,7 @@ def train_exported(
     overwrite: bool = False,
     **overrides: Any,
 ) -> tuple[FinalReport, Path]:
-    """Read the export at ``path``, train it to the end (:func:`evaluators.final_training.train_final`,
+    """Read the export at ``path``, train it to the end (:func:`certevo.evaluators.final_training.train_final`,
     which takes ``overrides`` such as ``epochs``, ``method``, ``eps``, ``lr``, ``batch_size``,
     ``data_path``, ``seed``, ``progress``) and save ``report.json`` + ``weights.safetensors``
     in ``out_dir`` (default :func:`default_final_dir`). Refuses, before training, to

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote
 
-from population.errors import ConfigError
+from certevo.population.errors import ConfigError
 
 SQLITE_PREFIX = "sqlite:///"
 #: Tracking URIs MLflow takes as a bare word (its registry special-cases them).
@@ -44,7 +44,7 @@ def can_create_in(directory: Path) -> str | None:
 def check_new_run_dir(run_dir: str | os.PathLike) -> None:
     """Refuse, before a launch does anything, a local run directory that is a file or
     cannot be created (URIs other than ``file://`` are checked by their filesystem)."""
-    from search.run_storage import is_remote
+    from certevo.search.run_storage import is_remote
 
     if is_remote(run_dir):
         return

@@ -6,13 +6,13 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from population.checkpoint import CheckpointStore
-from population.errors import CheckpointError, ConfigError
-from search.certified_caption import certification_context
-from search.command_hint import command_hint
-from search.config import SearchConfig, read_run_config
-from search.loop import CONFIG_FILE, check_same_config
-from search.state import Candidate, SearchState
+from certevo.population.checkpoint import CheckpointStore
+from certevo.population.errors import CheckpointError, ConfigError
+from certevo.search.certified_caption import certification_context
+from certevo.search.command_hint import command_hint
+from certevo.search.config import SearchConfig, read_run_config
+from certevo.search.loop import CONFIG_FILE, check_same_config
+from certevo.search.state import Candidate, SearchState
 
 SORT_KEYS = ("sparsity", "certified", "clean", "generation", "id")
 

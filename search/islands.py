@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from population.checkpoint import restore_rng, rng_state
-from population.selection import select_nsga2
-from search.config import config_from_dict
-from search.state import Candidate, SearchState
-from search.strategies import Proposal, make_strategy
+from certevo.population.checkpoint import restore_rng, rng_state
+from certevo.population.selection import select_nsga2
+from certevo.search.config import config_from_dict
+from certevo.search.state import Candidate, SearchState
+from certevo.search.strategies import Proposal, make_strategy
 
 Weights = dict[str, dict[str, np.ndarray]]
 
@@ -109,7 +109,7 @@ class Island:
 
 def initial_snapshots(state: SearchState, islands: int, seed: int) -> list[dict[str, Any]]:
     """Snapshots of ``islands`` islands right after the K-starts phase of ``state``."""
-    from population.seeds import derive_seed
+    from certevo.population.seeds import derive_seed
 
     out = []
     for index in range(islands):

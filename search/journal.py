@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from evaluators.fitness import FitnessRecord
-from population.files import atomic_write
+from certevo.evaluators.fitness import FitnessRecord
+from certevo.population.files import atomic_write
 
 if TYPE_CHECKING:
-    from search.config import SearchConfig
+    from certevo.search.config import SearchConfig
 
 JOURNAL_FILE = "evaluations.jsonl"
 DAMAGED_FILE = "evaluations.damaged.jsonl"

@@ -7,7 +7,7 @@ colour = its certified accuracy (a colourbar), faint thin lines from parent to c
 front members as red-rimmed stars and the only ones labelled. The figure's size is
 bounded, so 50 generations stay as legible as 5.
 
-Drawn on ``matplotlib.figure.Figure`` objects (no pyplot), as everything in search.plots.
+Drawn on ``matplotlib.figure.Figure`` objects (no pyplot), as everything in certevo.search.plots.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _labelled(pos: dict[str, tuple[float, float]], front: set[str], width: float
 def lineage_figure(lineage: Any, ids: Sequence[str], *, title: str = "ancestry of the final front") -> Figure:
     """The ancestry graph of ``ids`` (normally the final front) as a Figure; see the module
     docstring for what each axis and mark means. ``lineage`` is a
-    :class:`population.lineage.Lineage`."""
+    :class:`certevo.population.lineage.Lineage`."""
     ids = list(dict.fromkeys(ids))
     generation, edges = lineage_nodes(lineage, ids)
     scores = {node: _scores(lineage, node) for node in generation}

@@ -14,22 +14,22 @@ import numpy as np
 import torch
 import yaml
 
-from cluster.connect import check_reachable, connect
-from cluster.islands import host_islands
-from cluster.pool import EvaluationPool, EvaluationTask, TaskResult
-from evaluators.models import make_template
-from population.checkpoint import CheckpointStore
-from population.errors import CheckpointError, ConfigError
-from population.files import atomic_write
-from population.lineage import LineageRecord
-from population.seeds import derive_seed
-from search.command_hint import command_hint
-from search.config import SearchConfig, config_from_dict, read_run_config
-from search.input_checks import check_resume_targets
-from search.islands import Island, initial_snapshots, offspring_counts
-from search.journal import EvaluationJournal, journal_digest
-from search.state import Candidate, SearchState, objectives, split_trained, trained_arrays
-from search.strategies import PRUNED_START_ALLOCATIONS, CoevolutionStrategy, Proposal, Strategy, make_strategy
+from certevo.cluster.connect import check_reachable, connect
+from certevo.cluster.islands import host_islands
+from certevo.cluster.pool import EvaluationPool, EvaluationTask, TaskResult
+from certevo.evaluators.models import make_template
+from certevo.population.checkpoint import CheckpointStore
+from certevo.population.errors import CheckpointError, ConfigError
+from certevo.population.files import atomic_write
+from certevo.population.lineage import LineageRecord
+from certevo.population.seeds import derive_seed
+from certevo.search.command_hint import command_hint
+from certevo.search.config import SearchConfig, config_from_dict, read_run_config
+from certevo.search.input_checks import check_resume_targets
+from certevo.search.islands import Island, initial_snapshots, offspring_counts
+from certevo.search.journal import EvaluationJournal, journal_digest
+from certevo.search.state import Candidate, SearchState, objectives, split_trained, trained_arrays
+from certevo.search.strategies import PRUNED_START_ALLOCATIONS, CoevolutionStrategy, Proposal, Strategy, make_strategy
 
 CONFIG_FILE = "config.yaml"
 SPARSITY_LEVELS = (0.5, 0.9, 0.95, 0.99)

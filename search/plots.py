@@ -25,9 +25,9 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from population.sparsity_text import format_sparsity
+from certevo.population.sparsity_text import format_sparsity
 
-from search.lineage_plot import lineage_figure
+from certevo.search.lineage_plot import lineage_figure
 
 __all__ = ["activation_text", "front_html", "history_figure", "plot_front", "plot_history", "plot_lineage"]
 
@@ -180,8 +180,8 @@ def plot_lineage(lineage: Any, ids: Sequence[str], path: str | Path, *,
                  title: str = "ancestry of the final front") -> Path:
     """The ancestry graph of ``ids`` (normally the final front): x = generation, y =
     sparsity, colour = certified accuracy, faint parent -> child lines, front members as
-    labelled stars (see :mod:`search.lineage_plot`). ``lineage`` is a
-    :class:`population.lineage.Lineage`."""
+    labelled stars (see :mod:`certevo.search.lineage_plot`). ``lineage`` is a
+    :class:`certevo.population.lineage.Lineage`."""
     return _save(lineage_figure(lineage, ids, title=title), path)
 
 

@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from population.sparsity_text import format_sparsity
-from search.certified_caption import search_caption
+from certevo.population.sparsity_text import format_sparsity
+from certevo.search.certified_caption import search_caption
 
 BAR_MIN, BAR_MAX = 10, 40
 ETA_WIDTH = 8  # "-:--:--", "0:00:14", up to "99:59:59"
@@ -152,7 +152,7 @@ class ConsoleProgress:
 
 def front_table(rows: list[dict[str, Any]], title: str = "Pareto front", caption: str | None = None) -> Table:
     """The front as a rich table, sparsest last; sparsities are cut, never rounded up
-    (population.sparsity_text). ``caption``: what the certified accuracy refers to."""
+    (certevo.population.sparsity_text). ``caption``: what the certified accuracy refers to."""
     table = Table(title=title, caption=caption)
     for name in ("id", "sparsity", "certified acc.", "clean acc.", "activations", "gen"):
         table.add_column(name, justify="right" if name not in ("id", "activations") else "left")

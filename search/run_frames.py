@@ -1,6 +1,6 @@
 """A run directory as pandas DataFrames, for a notebook.
 
-    from search.run_frames import load_frames
+    from certevo.search.run_frames import load_frames
     run = load_frames("runs/<run>")
     run.archive   # one row per evaluated candidate
     run.front     # the Pareto front (rows of the archive), by sparsity
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from population.errors import CheckpointError, ConfigError
+from certevo.population.errors import CheckpointError, ConfigError
 
 __all__ = ["RunFrames", "load_frames"]
 

@@ -9,7 +9,7 @@ candidates twice and overwrite each other's checkpoints, fronts and MLflow runs)
   close-on-exec: processes the driver starts (Ray, plot workers) never hold the lock.
   ``release`` removes the file; ``acquire`` re-checks after locking that the file it
   locked is still the one at that path, so removing it is race-free.
-* A remote run directory (``s3://`` ...; see ``search.run_storage``) cannot be flocked.
+* A remote run directory (``s3://`` ...; see ``certevo.search.run_storage``) cannot be flocked.
   There the driver writes ``<uri>/.certevo-lock.json`` (holder, a random token and a
   heartbeat time refreshed every :data:`HEARTBEAT_SECONDS` by a background thread) and
   reads it back :data:`SETTLE_SECONDS` later to confirm it won a concurrent start. A lock
@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from population.errors import CertevoError
+from certevo.population.errors import CertevoError
 
 LOCK_FILE = ".certevo.lock"
 REMOTE_LOCK_FILE = ".certevo-lock.json"

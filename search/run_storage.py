@@ -25,7 +25,7 @@ hold yet; files the search deleted locally (an older checkpoint's arrays) are de
 remotely afterwards — only files this mirror synced, never anything else under the URI.
 Files being written (``.certevo-tmp-*``) are skipped.
 
-One driver per run directory (``search.run_lock``): ``prepare_launch`` and
+One driver per run directory (``certevo.search.run_lock``): ``prepare_launch`` and
 ``prepare_resume`` lock it until ``close``, and refuse, naming the holder, if another
 driver holds it. A local path is locked with ``flock`` on ``<run_dir>/.certevo.lock``
 (released by the kernel when the driver dies, however it dies). A remote URI cannot be
@@ -49,14 +49,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from population.errors import CertevoError, CheckpointError, ConfigError
-from population.files import TMP_PREFIX
-from search.command_hint import command_hint
-from search.run_lock import LOCK_FILE, REMOTE_LOCK_FILE, RemoteRunLock, RunLock
+from certevo.population.errors import CertevoError, CheckpointError, ConfigError
+from certevo.population.files import TMP_PREFIX
+from certevo.search.command_hint import command_hint
+from certevo.search.run_lock import LOCK_FILE, REMOTE_LOCK_FILE, RemoteRunLock, RunLock
 
 #: Environment variable naming the root of the staging directories.
 STAGING_ENV = "CERTEVO_STAGING_DIR"
-CONFIG_FILE = "config.yaml"  # as in search.loop (not imported: the loop pulls in torch)
+CONFIG_FILE = "config.yaml"  # as in certevo.search.loop (not imported: the loop pulls in torch)
 MANIFEST = "checkpoint/state.json"
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)(://|::)")  # scheme://... or a chained fsspec URL a::b://...
 _SUPPORTED = ("a local path, file://, s3://, gs://, hdfs://, abfs:// (pyarrow) or any fsspec protocol "

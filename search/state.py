@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from evaluators.fitness import FitnessRecord
-from population.checkpoint import pack_genomes, restore_rng, rng_state, unpack_genomes
-from population.errors import CheckpointError
-from population.genome import Genome
-from population.lineage import Lineage
-from population.selection import HV_REFERENCE_2D, hypervolume_2d, pareto_front
+from certevo.evaluators.fitness import FitnessRecord
+from certevo.population.checkpoint import pack_genomes, restore_rng, rng_state, unpack_genomes
+from certevo.population.errors import CheckpointError
+from certevo.population.genome import Genome
+from certevo.population.lineage import Lineage
+from certevo.population.selection import HV_REFERENCE_2D, hypervolume_2d, pareto_front
 
 STATE_FORMAT = "certevo-search-state/1"
 FAILED_OBJECTIVES = (-1.0, -1.0)
@@ -93,7 +93,7 @@ class SearchState:
         return pareto_front(pool, [c.record.objectives for c in pool])
 
     def hypervolume(self) -> float:
-        """Hypervolume of the archive's front at the fixed reference point of population.selection."""
+        """Hypervolume of the archive's front at the fixed reference point of certevo.population.selection."""
         return hypervolume_2d([c.record.objectives for c in self.front()], HV_REFERENCE_2D)
 
     # -- checkpoint form ------------------------------------------------------------

@@ -14,7 +14,7 @@ uniformly from the mask population's Pareto front.
 
 With weight inheritance (``search.weight_inheritance``, the default) a child starts from
 its parent's trained weights, so variation follows what the parent learned: one guided
-mask operator (population.guided_operators: sparsify, reallocate or regrow, equally
+mask operator (certevo.population.guided_operators: sparsify, reallocate or regrow, equally
 likely) replaces the crossover and random mask operators, and ``search.init:
 kstarts+prune`` adds to generation 0 the best least-sparse K-start pruned by magnitude to
 every other target sparsity (ERK and global allocation).
@@ -33,13 +33,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from population.genome import Genome
-from population.guided_operators import magnitude_prune, reallocate, regrow, sparsify
-from population.kstarts import kstart_candidates, kstart_winners
-from population.operators import crossover_layerwise, crossover_uniform, mutate_activation, mutate_density, prune_regrow
-from population.selection import hypervolume_2d, nondominated_ranks, pareto_front, select_nsga2
-from search.config import SearchConfig
-from search.state import SearchState, objectives, split_trained
+from certevo.population.genome import Genome
+from certevo.population.guided_operators import magnitude_prune, reallocate, regrow, sparsify
+from certevo.population.kstarts import kstart_candidates, kstart_winners
+from certevo.population.operators import crossover_layerwise, crossover_uniform, mutate_activation, mutate_density, prune_regrow
+from certevo.population.selection import hypervolume_2d, nondominated_ranks, pareto_front, select_nsga2
+from certevo.search.config import SearchConfig
+from certevo.search.state import SearchState, objectives, split_trained
 
 MAX_REDRAWS = 5
 PRUNED_START_ALLOCATIONS = ("erk", "global")

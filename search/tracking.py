@@ -1,4 +1,4 @@
-"""MLflow tracking of a search, as an observer of the loop (see ``search.loop.SearchObserver``).
+"""MLflow tracking of a search, as an observer of the loop (see ``certevo.search.loop.SearchObserver``).
 
 The algorithm never imports mlflow: :class:`MlflowTracker` is handed to ``Search.create`` /
 ``Search.resume`` as an observer, and only the driver process (where the loop and its
@@ -18,7 +18,7 @@ Contract
   ``mlflow.source.git.commit``) when known, ``config_digest``, ``run_dir``, ``strategy``.
   Metrics per generation (``step`` = generation), all in one ``log_batch`` call:
   ``hypervolume``, ``front_size``, ``evaluations``, ``evaluations_per_minute``,
-  ``failures``, ``best_certified_at_<level>``. The data set is a dataset input (search.tracking_names).
+  ``failures``, ``best_certified_at_<level>``. The data set is a dataset input (certevo.search.tracking_names).
 * Artifacts (written to ``<run_dir>/artifacts/`` first, then uploaded with the same
   relative paths): ``fronts/front_gen_<ggg>.png`` per generation; ``masks/<id>.json`` +
   ``masks/<id>.safetensors`` (``Genome.save``) of every candidate that has a child run
@@ -90,7 +90,6 @@ import csv
 import select
 import sys
 import functools
-import importlib.metadata
 import json
 import math
 import os
@@ -107,16 +106,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search import plots
-from search.certified_caption import search_caption
-from search.tracking_names import child_run_name, log_dataset_input
+from certevo.search import plots
+from certevo.search.certified_caption import search_caption
+from certevo.search.tracking_names import child_run_name, log_dataset_input
 
 __all__ = ["MlflowTracker", "TrackingWarning", "flatten_config", "git_commit"]
 
 RUN_FILE = "mlflow_run.json"
 ARTIFACTS_DIR = "artifacts"
 DEFAULT_EXPERIMENT = "certevo"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # a source checkout's root (it holds certevo/ and search/)
 
 # MLflow's limits (mlflow.utils.validation), repeated here so this module imports no mlflow
 # until it needs it.
@@ -234,10 +233,9 @@ def git_commit(root: str | Path = PROJECT_ROOT) -> str | None:
 
 
 def _version() -> str:
-    try:
-        return importlib.metadata.version("certevo")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    from certevo import __version__
+
+    return __version__
 
 
 def _describe(exc: BaseException) -> str:
@@ -327,14 +325,14 @@ class _WorkerGone(Exception):
 def _encode_arg(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
-    if hasattr(value, "to_json") and hasattr(value, "ancestors"):  # a population.lineage.Lineage
+    if hasattr(value, "to_json") and hasattr(value, "ancestors"):  # a certevo.population.lineage.Lineage
         return {"__lineage__": value.to_json()}
     return value
 
 
 class _PlotWorker:
     """A child process (``python -c``, so nothing of the parent's ``__main__`` is imported)
-    that draws with :mod:`search.plots`. Protocol: one JSON line in (``fn``, ``args``,
+    that draws with :mod:`certevo.search.plots`. Protocol: one JSON line in (``fn``, ``args``,
     ``kwargs``; a lineage as ``{"__lineage__": Lineage.to_json()}``), one JSON line out
     (``{"ok": true}`` or ``{"error": ...}``); closing its stdin ends it. Drawing is
     CPU-bound Python: in a process of its own it runs beside the search's threads instead of
@@ -345,7 +343,7 @@ class _PlotWorker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from search.tracking import _plot_worker_main; _plot_worker_main()"],
+            [sys.executable, "-c", "from certevo.search.tracking import _plot_worker_main; _plot_worker_main()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
 
     def call(self, fn: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], timeout: float = PLOT_TIMEOUT) -> None:
@@ -384,7 +382,7 @@ class _PlotWorker:
 
 def _plot_worker_main() -> None:
     """The loop of a :class:`_PlotWorker` process."""
-    from population.lineage import Lineage
+    from certevo.population.lineage import Lineage
 
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever the drawing code prints goes to stderr, never into the protocol
@@ -947,7 +945,7 @@ class MlflowTracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            from search.tracking_store import prepare_store
+            from certevo.search.tracking_store import prepare_store
 
             prepare_store(self.tracking_uri, self._artifact_root)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
@@ -1024,7 +1022,7 @@ class MlflowTracker:
 
     def _write_run_file(self) -> None:
         data = {"run_id": self.run_id, "experiment_id": self.experiment_id, "experiment_name": self.experiment_name,
-                "tracking_uri": self.tracking_uri,  # search.tracking_location: a moved run directory finds
+                "tracking_uri": self.tracking_uri,  # certevo.search.tracking_location: a moved run directory finds
                 "default_store": self.tracking_uri == f"sqlite:///{self.run_dir / 'mlflow.db'}"}  # its own store
         tmp = self.run_dir / f".{RUN_FILE}.tmp"
         tmp.write_text(json.dumps(data, indent=2))

@@ -2,7 +2,7 @@
 
 The default store of a run directory is ``sqlite:///<run_dir>/mlflow.db`` with artifacts in
 ``<run_dir>/mlruns``. MLflow records both as absolute paths: the tracking URI in
-``mlflow_run.json`` (written by ``search.tracking``), the artifact locations inside the
+``mlflow_run.json`` (written by ``certevo.search.tracking``), the artifact locations inside the
 database (the experiment's ``artifact_location``, every run's ``artifact_uri``). A run
 directory that was moved, copied, or downloaded into another staging directory would then
 log into the original's database and artifact folders, or recreate them.
@@ -23,7 +23,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-RUN_FILE = "mlflow_run.json"  # as in search.tracking (not imported: it pulls in more than needed)
+RUN_FILE = "mlflow_run.json"  # as in certevo.search.tracking (not imported: it pulls in more than needed)
 DATABASE = "mlflow.db"
 _PREFIX = "sqlite:///"
 _COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"))

@@ -1,7 +1,7 @@
 """What MLflow shows of a search besides numbers: child-run names that say what a candidate
 is, and the data set as a dataset input of the parent run.
 
-Both are used by :class:`search.tracking.MlflowTracker` (on its MLflow thread, through its
+Both are used by :class:`certevo.search.tracking.MlflowTracker` (on its MLflow thread, through its
 op queue). The data set is logged with ``MlflowClient.log_inputs`` — the client form of
 ``mlflow.log_input``, which needs a fluent active run the tracker does not use — as a
 metadata-only dataset: name, source (where the data was read), a digest of the exact splits
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from population.sparsity_text import LEVEL_TOLERANCE
+from certevo.population.sparsity_text import LEVEL_TOLERANCE
 
 __all__ = ["child_run_name", "dataset_input", "log_dataset_input"]
 
@@ -32,7 +32,7 @@ def child_run_name(candidate: Any) -> str:
     """``s<sparsity>-cert<certified accuracy>-<id prefix>`` of an evaluated candidate, e.g.
     ``s0.950-cert0.613-1a2b3c4d``: sortable in the MLflow run list, and still unique."""
     record = candidate.record
-    # The sparsity is cut, not rounded (as population.sparsity_text does): 0.9496 is s0.949,
+    # The sparsity is cut, not rounded (as certevo.population.sparsity_text does): 0.9496 is s0.949,
     # never s0.950, which would put it on the wrong side of a 95 % threshold.
     sparsity = math.floor((record.sparsity + LEVEL_TOLERANCE) * 1000) / 1000
     return f"s{sparsity:.3f}-cert{record.certified_accuracy:.3f}-{candidate.id[:8]}"
@@ -40,7 +40,7 @@ def child_run_name(candidate: Any) -> str:
 
 def _source_uri(data: Any) -> str:
     """Where the data set was read: its file or directory, for digits the file scikit-learn
-    ships (what evaluators.digits reads)."""
+    ships (what certevo.evaluators.digits reads)."""
     if data.path is not None:
         return str(Path(os.path.expanduser(data.path)).resolve())
     spec = importlib.util.find_spec("sklearn") if data.name == "digits" else None
@@ -54,7 +54,7 @@ def _source_uri(data: Any) -> str:
 @functools.lru_cache(maxsize=8)
 def _described(data: Any) -> tuple[str, str, str, str, str, dict[str, str]]:
     """(name, digest, source JSON, schema JSON, profile JSON, input tags) of ``data`` (a
-    frozen, hashable evaluators.spec.DataSpec); loads the splits once per process."""
+    frozen, hashable certevo.evaluators.spec.DataSpec); loads the splits once per process."""
     import numpy as np
     from mlflow.data.schema import TensorDatasetSchema
     from mlflow.types.schema import Schema, TensorSpec
@@ -80,7 +80,7 @@ def _described(data: Any) -> tuple[str, str, str, str, str, dict[str, str]]:
 
 def dataset_input(data: Any) -> Any:
     """The ``mlflow.entities.DatasetInput`` of the data set ``data`` (an
-    evaluators.spec.DataSpec): source type ``local``, context ``training``."""
+    certevo.evaluators.spec.DataSpec): source type ``local``, context ``training``."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     name, digest, source, schema, profile, tags = _described(data)

@@ -15,7 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from population.files import TMP_PREFIX, fsync_dir
+from certevo.population.files import TMP_PREFIX, fsync_dir
 
 SQLITE_PREFIX = "sqlite:///"
 

@@ -20,10 +20,10 @@ from typing import Any
 import optuna
 import yaml
 
-from population.errors import ConfigError
-from population.seeds import derive_seed
-from search.config import OperatorRates, SearchConfig, config_from_dict
-from search.loop import Search, SearchObserver, initial_evaluations
+from certevo.population.errors import ConfigError
+from certevo.population.seeds import derive_seed
+from certevo.search.config import OperatorRates, SearchConfig, config_from_dict
+from certevo.search.loop import Search, SearchObserver, initial_evaluations
 
 STUDY_NAME = "certevo-tune"
 TUNE_FILE = "tune.yaml"

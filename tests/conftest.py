@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluators.data import DatasetSplits, load_dataset
+from certevo.evaluators.data import DatasetSplits, load_dataset
 
 # torch 2.x warns about torch.jit.script, which auto_LiRPA 0.3 uses while tracing.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
@@ -22,7 +22,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def lirpa():
     """The auto_LiRPA module, patched for this torch and numpy."""
-    from evaluators.lirpa_compat import auto_lirpa
+    from certevo.evaluators.lirpa_compat import auto_lirpa
 
     return auto_lirpa()
 
@@ -50,7 +50,7 @@ def ray_session():
     """One local Ray session shared by every test that needs Ray (start-up costs seconds)."""
     import ray
 
-    from cluster.connect import connect
+    from certevo.cluster.connect import connect
 
     connect(num_cpus=2)
     yield

@@ -68,7 +68,7 @@ class Faults:
 
 
 def node_loss(run_dir: Path) -> dict:
-    from search.loop import Search
+    from certevo.search.loop import Search
     from test_search import archive_view, front_view, tiny
 
     cluster = start_cluster()

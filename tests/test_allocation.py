@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from population.allocation import layer_kept_counts
-from population.errors import GenomeError
-from population.genome import random_genome
+from certevo.population.allocation import layer_kept_counts
+from certevo.population.errors import GenomeError
+from certevo.population.genome import random_genome
 
 MLP = {"fc0": (64, 64), "fc1": (64, 64), "fc2": (10, 64)}
 CNN = {"conv0": (8, 1, 4, 4), "conv1": (16, 8, 4, 4), "fc": (10, 400)}

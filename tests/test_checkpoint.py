@@ -1,4 +1,4 @@
-"""Tests of population.checkpoint: lossless round trips, loud refusals, atomic saves."""
+"""Tests of certevo.population.checkpoint: lossless round trips, loud refusals, atomic saves."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from population.checkpoint import (
+from certevo.population.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointStore,
     manifest_sha256,
@@ -22,8 +22,8 @@ from population.checkpoint import (
     rng_state,
     unpack_genomes,
 )
-from population.errors import CheckpointError, ConfigError
-from population.genome import Genome, random_genome
+from certevo.population.errors import CheckpointError, ConfigError
+from certevo.population.genome import Genome, random_genome
 
 SHAPES = {"fc0": (6, 5), "fc1": (4, 6), "fc2": (3, 4)}
 

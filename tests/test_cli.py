@@ -144,7 +144,7 @@ def test_tune_runs_two_trials_then_resumes_to_a_third(config_file, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     import optuna
 
-    from search.tune import STUDY_NAME, storage
+    from certevo.search.tune import STUDY_NAME, storage
 
     study = optuna.load_study(study_name=STUDY_NAME, storage=storage(run_dir))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -26,8 +26,8 @@ import pytest
 import ray
 import yaml
 
-from search.cli import build_parser
-from search.config import load_config
+from certevo.search.cli import build_parser
+from certevo.search.config import load_config
 
 # Importing Ray's CLI module pulls in Ray Serve, which warns about its own pydantic use.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from population.errors import ConfigError
-from search.config import SearchConfig, config_from_dict, load_config
+from certevo.population.errors import ConfigError
+from certevo.search.config import SearchConfig, config_from_dict, load_config
 
 
 def test_empty_config_is_the_digits_default(tmp_path):

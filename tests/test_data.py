@@ -1,4 +1,4 @@
-"""Tests for evaluators.data: real files in tmp_path, no mocks."""
+"""Tests for certevo.evaluators.data: real files in tmp_path, no mocks."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluators.data import DATASETS, DatasetSplits, _stratified_split, load_dataset
-from population.errors import ConfigError, DataError
+from certevo.evaluators.data import DATASETS, DatasetSplits, _stratified_split, load_dataset
+from certevo.population.errors import ConfigError, DataError
 
 MNIST_T10K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-t10k"
 
@@ -461,13 +461,13 @@ def test_digits_equal_scikit_learns_and_load_without_importing_it():
 
     from sklearn.datasets import load_digits
 
-    from evaluators.digits import load_digits as _load_digits
+    from certevo.evaluators.digits import load_digits as _load_digits
 
     x, y, _ = _load_digits()
     reference = load_digits()
     assert np.array_equal(x[:, 0], (reference.images / 16.0).astype(np.float32))
     assert np.array_equal(y, reference.target)
-    code = "import sys; from evaluators.data import load_dataset; load_dataset('digits'); print('sklearn' in sys.modules)"
+    code = "import sys; from certevo.evaluators.data import load_dataset; load_dataset('digits'); print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     assert out.stdout.strip() == "False"

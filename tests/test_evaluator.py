@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from evaluators.evaluator import CandidateEvaluator
-from evaluators.fitness import FitnessRecord
-from evaluators.models import CNNTemplate, MLPTemplate
-from evaluators.settings import CertificationSettings, TrainingSettings
-from population.genome import Genome, random_genome
-from population.seeds import derive_seed
+from certevo.evaluators.evaluator import CandidateEvaluator
+from certevo.evaluators.fitness import FitnessRecord
+from certevo.evaluators.models import CNNTemplate, MLPTemplate
+from certevo.evaluators.settings import CertificationSettings, TrainingSettings
+from certevo.population.genome import Genome, random_genome
+from certevo.population.seeds import derive_seed
 
 FAST_TRAINING = TrainingSettings(method="ibp", epochs=3, lr=1e-2, eps=0.05)
 FAST_CERT = CertificationSettings(method="crown", eps=0.05, pgd=True, pgd_steps=5)

@@ -4,7 +4,7 @@ mask (a fresh certevo model, or a user's own model through torch pruning).
 
 Run directories are made without Ray: candidates are evaluated with a real
 CandidateEvaluator (tiny MLP, digits subset, 2 epochs) and saved the way
-``search.loop.Search._end_generation`` saves them."""
+``certevo.search.loop.Search._end_generation`` saves them."""
 
 from __future__ import annotations
 
@@ -20,19 +20,19 @@ import yaml
 from torch import nn
 from torch.nn.utils import prune
 
-from evaluators.apply_mask import apply_mask_to_model, build_exported_model, make_mask_permanent
-from evaluators.bounds import bound_module, margin_lower_bounds
-from evaluators.models import NeuronActivations
-from evaluators.settings import CertificationSettings, TrainingSettings
-from evaluators.spec import DataSpec, ModelSpec
-from population.checkpoint import CheckpointStore
-from population.errors import CheckpointError, ConfigError, GenomeError
-from population.export import EXPORT_FORMAT, read_export, write_export
-from population.genome import Genome, random_genome
-from population.lineage import LineageRecord
-from search.config import SearchConfig, SearchSettings
-from search.export_commands import choose_candidate, export_candidate, knee_point
-from search.state import Candidate, SearchState, objectives
+from certevo.evaluators.apply_mask import apply_mask_to_model, build_exported_model, make_mask_permanent
+from certevo.evaluators.bounds import bound_module, margin_lower_bounds
+from certevo.evaluators.models import NeuronActivations
+from certevo.evaluators.settings import CertificationSettings, TrainingSettings
+from certevo.evaluators.spec import DataSpec, ModelSpec
+from certevo.population.checkpoint import CheckpointStore
+from certevo.population.errors import CheckpointError, ConfigError, GenomeError
+from certevo.population.export import EXPORT_FORMAT, read_export, write_export
+from certevo.population.genome import Genome, random_genome
+from certevo.population.lineage import LineageRecord
+from certevo.search.config import SearchConfig, SearchSettings
+from certevo.search.export_commands import choose_candidate, export_candidate, knee_point
+from certevo.search.state import Candidate, SearchState, objectives
 
 CONFIG = SearchConfig(
     data=DataSpec(name="digits", subset=400, seed=0),
@@ -44,7 +44,7 @@ CONFIG = SearchConfig(
 
 
 def save_run(run_dir: Path, config: SearchConfig, state: SearchState) -> Path:
-    """config.yaml + checkpoint/, as search.loop.Search writes them."""
+    """config.yaml + checkpoint/, as certevo.search.loop.Search writes them."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config = replace(config, run_dir=str(run_dir))
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -14,18 +14,18 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from evaluators.apply_mask import build_exported_model
-from evaluators.final_training import EpochProgress, load_final_model, train_final
-from evaluators.settings import CertificationSettings, TrainingSettings
-from evaluators.spec import DataSpec, ModelSpec
-from population.checkpoint import CheckpointStore
-from population.errors import ConfigError
-from population.export import read_export
-from population.genome import random_genome
-from population.lineage import LineageRecord
-from search.config import SearchConfig, SearchSettings
-from search.export_commands import default_final_dir, export_candidate, train_exported
-from search.state import Candidate, SearchState, objectives
+from certevo.evaluators.apply_mask import build_exported_model
+from certevo.evaluators.final_training import EpochProgress, load_final_model, train_final
+from certevo.evaluators.settings import CertificationSettings, TrainingSettings
+from certevo.evaluators.spec import DataSpec, ModelSpec
+from certevo.population.checkpoint import CheckpointStore
+from certevo.population.errors import ConfigError
+from certevo.population.export import read_export
+from certevo.population.genome import random_genome
+from certevo.population.lineage import LineageRecord
+from certevo.search.config import SearchConfig, SearchSettings
+from certevo.search.export_commands import default_final_dir, export_candidate, train_exported
+from certevo.search.state import Candidate, SearchState, objectives
 
 CONFIG = SearchConfig(
     data=DataSpec(name="digits", subset=400, seed=0),
@@ -39,7 +39,7 @@ CONFIG = SearchConfig(
 def _exported_run(root, digits_small, sparsity: float, seed: int, *, keep_weights: bool, **evaluate):
     """A run directory holding one evaluated candidate (with its trained weights when
     ``keep_weights``, as a search with weight inheritance keeps them), exported by id."""
-    from search.state import trained_arrays
+    from certevo.search.state import trained_arrays
 
     template = CONFIG.model.template(digits_small.input_shape, digits_small.num_classes)
     genome = random_genome(template.layer_shapes(), ["relu", "relu"], sparsity, np.random.default_rng(seed))
@@ -165,8 +165,8 @@ def test_export_carries_the_trained_weights(trained_export):
 def test_fine_tuning_starts_from_the_trained_weights(trained_export, digits_small):
     """With a vanishing learning rate the fine-tuned network is the exported one: its test
     certificate equals certifying the exported weights directly."""
-    from evaluators.bounds import bound_module
-    from evaluators.certification import certify
+    from certevo.evaluators.bounds import bound_module
+    from certevo.evaluators.certification import certify
 
     json_path, _ = trained_export
     export = read_export(json_path)
@@ -202,8 +202,8 @@ def test_start_is_chosen_and_refused_clearly(trained_export, export_path):
 
 
 def test_weights_that_leak_through_the_mask_are_refused(trained_export, tmp_path):
-    from population.errors import CheckpointError
-    from population.export import write_export
+    from certevo.population.errors import CheckpointError
+    from certevo.population.export import write_export
 
     json_path, evaluation = trained_export
     export = read_export(json_path)

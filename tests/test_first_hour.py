@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from search.command_hint import certevo_program, command_hint
+from certevo.search.command_hint import certevo_program, command_hint
 from test_cli import TINY_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,9 +125,9 @@ def test_the_program_is_named_by_the_shortest_path_that_works(tmp_path):
 
 
 def test_an_existing_run_directory_suggests_a_resume_that_runs(launch, monkeypatch):
-    from population.errors import ConfigError
-    from search.config import load_config
-    from search.loop import Search
+    from certevo.population.errors import ConfigError
+    from certevo.search.config import load_config
+    from certevo.search.loop import Search
 
     monkeypatch.chdir(launch["home"])
     monkeypatch.setenv("PATH", launch["env"]["PATH"])  # a new shell: the venv is not on PATH

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from population.errors import CheckpointError, GenomeError
-from population.genome import GENOME_FORMAT, Genome, dense_genome, random_genome
+from certevo.population.errors import CheckpointError, GenomeError
+from certevo.population.genome import GENOME_FORMAT, Genome, dense_genome, random_genome
 
 SHAPES = {"fc0": (6, 5), "fc1": (4, 6), "fc2": (3, 4)}
 

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from population.allocation import layer_kept_counts
-from population.errors import GenomeError
-from population.genome import Genome, dense_genome, random_genome
-from population.guided_operators import kept_counts, magnitude_prune, reallocate, regrow, remask, sparsify
+from certevo.population.allocation import layer_kept_counts
+from certevo.population.errors import GenomeError
+from certevo.population.genome import Genome, dense_genome, random_genome
+from certevo.population.guided_operators import kept_counts, magnitude_prune, reallocate, regrow, remask, sparsify
 
 FAST = settings(max_examples=40, deadline=None)
 SHAPES = {"fc0": (12, 20), "fc1": (8, 12), "fc2": (3, 8)}

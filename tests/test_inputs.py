@@ -15,13 +15,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from evaluators.data import load_dataset
-from population.errors import CheckpointError, ConfigError, DataError
-from population.export import read_export
-from search.cli import main
-from search.config import _SECTIONS, SearchConfig, config_from_dict, load_config
-from search.inspect_run import load_run
-from search.loop import Search
+from certevo.evaluators.data import load_dataset
+from certevo.population.errors import CheckpointError, ConfigError, DataError
+from certevo.population.export import read_export
+from certevo.search.cli import main
+from certevo.search.config import _SECTIONS, SearchConfig, config_from_dict, load_config
+from certevo.search.inspect_run import load_run
+from certevo.search.loop import Search
 
 from tests.test_data import write_pair
 
@@ -288,7 +288,7 @@ def test_unusable_tracking_uri_fails_fast_before_the_run_directory(capsys, tmp_p
 
 
 def test_supported_tracking_uris_pass_with_tilde_expanded(tmp_path, monkeypatch):
-    from search.input_checks import check_tracking_uri
+    from certevo.search.input_checks import check_tracking_uri
 
     monkeypatch.setenv("HOME", str(tmp_path))
     assert check_tracking_uri("sqlite:///~/m.db") == f"sqlite:///{tmp_path}/m.db"
@@ -379,7 +379,7 @@ def test_export_and_inspect_expand_tilde_and_make_missing_directories(capsys, fi
 
 @pytest.fixture(scope="module")
 def exported(finished) -> Path:
-    from search.export_commands import export_candidate
+    from certevo.search.export_commands import export_candidate
 
     json_path, _ = export_candidate(finished, finished.parent / "export" / "best", knee=True)
     return json_path

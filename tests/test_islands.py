@@ -7,8 +7,8 @@ import json
 import pytest
 import ray
 
-from search.islands import offspring_counts
-from search.loop import Search
+from certevo.search.islands import offspring_counts
+from certevo.search.loop import Search
 from test_search import archive_view, front_view, tiny
 
 ISLANDS = ["search.islands=2", "search.migration_interval=1", "search.migrants=1", "search.generations=2"]
@@ -107,7 +107,7 @@ def test_offspring_counts_split_a_short_budget(islands, size, left, expected):
 
 
 def test_bad_island_settings_name_the_field(tmp_path):
-    from population.errors import ConfigError
+    from certevo.population.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"search\.islands .*got 0"):
         tiny("search.islands=0")

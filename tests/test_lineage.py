@@ -1,4 +1,4 @@
-"""Tests of population.lineage on a hand-built family tree.
+"""Tests of certevo.population.lineage on a hand-built family tree.
 
     s1   s2          (seeds, generation 0)
     |  \\  |
@@ -15,8 +15,8 @@ from dataclasses import FrozenInstanceError
 
 import pytest
 
-from population.errors import CheckpointError, ConfigError
-from population.lineage import Lineage, LineageRecord
+from certevo.population.errors import CheckpointError, ConfigError
+from certevo.population.lineage import Lineage, LineageRecord
 
 
 def tree() -> Lineage:

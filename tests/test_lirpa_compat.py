@@ -7,9 +7,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from evaluators import lirpa_compat
-from evaluators.bounds import bound_module
-from evaluators.lirpa_compat import applied_patches, auto_lirpa
+from certevo.evaluators import lirpa_compat
+from certevo.evaluators.bounds import bound_module
+from certevo.evaluators.lirpa_compat import applied_patches, auto_lirpa
 
 
 def _small_net() -> nn.Sequential:

@@ -13,7 +13,7 @@ def test_missing_auto_lirpa_says_how_to_install_it():
     script = (
         "import sys\n"
         "sys.modules['auto_LiRPA'] = None  # as if it were not installed\n"
-        "from evaluators.lirpa_compat import auto_lirpa, AutoLirpaMissing\n"
+        "from certevo.evaluators.lirpa_compat import auto_lirpa, AutoLirpaMissing\n"
         "try:\n"
         "    auto_lirpa()\n"
         "except AutoLirpaMissing as exc:\n"
@@ -29,7 +29,7 @@ def test_cli_reports_missing_auto_lirpa_without_a_traceback():
     script = (
         "import sys\n"
         "sys.modules['auto_LiRPA'] = None\n"
-        "from search.cli import main\n"
+        "from certevo.search.cli import main\n"
         "sys.exit(main(['evaluate', '--subset', '100', '--epochs', '1', '--no-pgd']))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)

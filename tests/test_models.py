@@ -6,21 +6,21 @@ import pytest
 import torch
 from torch import nn
 
-from evaluators.models import (
+from certevo.evaluators.models import (
     CNNTemplate,
     MLPTemplate,
     NeuronActivations,
     activation_pattern_key,
     make_template,
 )
-from evaluators.settings import (
+from certevo.evaluators.settings import (
     CERTIFICATION_METHODS,
     TRAINING_METHODS,
     CertificationSettings,
     TrainingSettings,
 )
-from population.errors import ConfigError, GenomeError
-from population.genome import Genome, random_genome
+from certevo.population.errors import ConfigError, GenomeError
+from certevo.population.genome import Genome, random_genome
 
 MANUAL = {
     "relu": torch.relu,

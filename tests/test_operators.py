@@ -1,4 +1,4 @@
-"""Property tests of population.operators: invariants every variation operator keeps."""
+"""Property tests of certevo.population.operators: invariants every variation operator keeps."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from population.errors import ConfigError, GenomeError
-from population.genome import ACTIVATIONS, Genome, dense_genome
-from population.operators import (
+from certevo.population.errors import ConfigError, GenomeError
+from certevo.population.genome import ACTIVATIONS, Genome, dense_genome
+from certevo.population.operators import (
     crossover_layerwise,
     crossover_uniform,
     mutate_activation,

@@ -1,4 +1,4 @@
-"""search.plots: every picture is a valid PNG, the HTML page is self-contained."""
+"""certevo.search.plots: every picture is a valid PNG, the HTML page is self-contained."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from matplotlib.collections import LineCollection, PathCollection
 
-from population.lineage import Lineage, LineageRecord
-from search import lineage_plot, plots
+from certevo.population.lineage import Lineage, LineageRecord
+from certevo.search import lineage_plot, plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -13,9 +13,9 @@ import re
 import pytest
 from rich.console import Console
 
-from search.config import load_config
-from search.loop import Search
-from search.progress import ConsoleProgress
+from certevo.search.config import load_config
+from certevo.search.loop import Search
+from certevo.search.progress import ConsoleProgress
 
 TINY = ["data.subset=300", "model.widths=[16,16]", "training.epochs=2", "training.batch_size=32",
         "certification.eps=0.05", "training.eps=0.05", "search.population_size=4", "search.generations=2",

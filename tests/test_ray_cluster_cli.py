@@ -202,14 +202,15 @@ def test_workers_import_the_packages_shipped_with_py_modules(cluster, tmp_path):
     script = """
 import json, sys
 import ray
-from cluster.connect import connect
+from certevo.cluster.connect import connect
 
 connect(sys.argv[1])
 
 @ray.remote
 def where():
-    import cluster, evaluators, population, search
-    return [m.__file__ for m in (cluster, evaluators, population, search)]
+    import certevo
+    from certevo import cluster, evaluators, population, search
+    return [m.__file__ for m in (certevo, cluster, evaluators, population, search)]
 
 print(json.dumps(ray.get(where.remote())))
 """
@@ -304,7 +305,7 @@ def test_local_ray_is_new_listens_on_loopback_only_and_requires_a_token(cluster,
     script = """
 import json, os, sys
 import ray
-from cluster.connect import connect
+from certevo.cluster.connect import connect
 
 connect(None, num_cpus=1, dashboard=True)
 node = ray._private.worker._global_node
@@ -339,7 +340,7 @@ ray.shutdown()
         assert info["gcs"].startswith("127.0.0.1:"), info
 
         refused = subprocess.run(
-            [sys.executable, "-c", "import sys; from cluster.connect import connect; connect(sys.argv[1])",
+            [sys.executable, "-c", "import sys; from certevo.cluster.connect import connect; connect(sys.argv[1])",
              info["gcs"]],
             env=clean_env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), **FAST_REFUSAL),
             cwd=tmp_path, capture_output=True, text=True, timeout=120)

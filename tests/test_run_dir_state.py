@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from population.errors import CheckpointError
-from search.config import load_config
-from search.loop import Search
+from certevo.population.errors import CheckpointError
+from certevo.search.config import load_config
+from certevo.search.loop import Search
 from test_search import TINY as SEARCH_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def base_run(ray_session, tmp_path_factory) -> Path:
     store, whose config joins the test session's Ray (so CLI subprocesses do too)."""
     import ray
 
-    from search.tracking import MlflowTracker
+    from certevo.search.tracking import MlflowTracker
 
     address = ray.get_runtime_context().gcs_address
     run_dir = tmp_path_factory.mktemp("base") / "run"
@@ -91,7 +91,7 @@ def test_resume_after_a_config_edit_reuses_no_record_of_the_old_settings(base_ru
 
 
 def test_records_without_a_digest_are_reused_only_under_a_matching_checkpoint(base_run, tmp_path, capfd):
-    from search.journal import EvaluationJournal
+    from certevo.search.journal import EvaluationJournal
 
     run_dir = copy_run(base_run, tmp_path / "legacy")
     lines = [json.loads(line) for line in journal_lines(run_dir)]
@@ -165,8 +165,8 @@ def test_a_second_driver_is_refused_naming_the_holder_and_a_killed_holder_leaves
 def test_a_remote_run_directory_takes_one_driver_across_machines(tmp_path, capfd):
     import fsspec
 
-    from search.run_lock import REMOTE_LOCK_FILE, RunDirectoryLocked
-    from search.run_storage import RunStorage
+    from certevo.search.run_lock import REMOTE_LOCK_FILE, RunDirectoryLocked
+    from certevo.search.run_storage import RunStorage
 
     uri = f"memory://certevo-tests/{tmp_path.name}/run"
     fs, root = fsspec.core.url_to_fs(uri)
@@ -210,8 +210,8 @@ def test_a_remote_run_directory_takes_one_driver_across_machines(tmp_path, capfd
 
 
 def test_a_torn_last_line_is_set_aside_and_the_next_record_survives(base_run, tmp_path, capfd):
-    from evaluators.fitness import FitnessRecord
-    from search.journal import EvaluationJournal
+    from certevo.evaluators.fitness import FitnessRecord
+    from certevo.search.journal import EvaluationJournal
 
     lines = journal_lines(base_run)
     run_dir = tmp_path / "torn"

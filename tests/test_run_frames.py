@@ -1,4 +1,4 @@
-"""search.run_frames: a real run directory read into pandas in a notebook, without torch or Ray."""
+"""certevo.search.run_frames: a real run directory read into pandas in a notebook, without torch or Ray."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from population.errors import CheckpointError
-from search.config import load_config
-from search.inspect_run import load_run
-from search.loop import Search
+from certevo.population.errors import CheckpointError
+from certevo.search.config import load_config
+from certevo.search.inspect_run import load_run
+from certevo.search.loop import Search
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.subset=300", "model.widths=[16,16]", "training.epochs=2", "training.batch_size=32",
@@ -28,7 +28,7 @@ def run_dir(ray_session, tmp_path_factory) -> Path:
 
 
 def test_frames_hold_every_candidate_the_front_and_the_history(run_dir):
-    from search.run_frames import load_frames
+    from certevo.search.run_frames import load_frames
 
     frames = load_frames(run_dir)
     _, state = load_run(run_dir)  # the search's own reader, as the reference
@@ -57,7 +57,7 @@ def test_frames_hold_every_candidate_the_front_and_the_history(run_dir):
 
 def test_loading_frames_imports_neither_torch_nor_ray(run_dir):
     code = ("import json, sys\n"
-            "from search.run_frames import load_frames\n"
+            "from certevo.search.run_frames import load_frames\n"
             f"frames = load_frames({str(run_dir)!r})\n"
             "print(json.dumps({'rows': len(frames.archive), 'front': len(frames.front),\n"
             "                  'loaded': sorted(m for m in ('torch', 'ray', 'mlflow', 'matplotlib') if m in sys.modules)}))\n")
@@ -69,7 +69,7 @@ def test_loading_frames_imports_neither_torch_nor_ray(run_dir):
 
 
 def test_a_directory_that_is_not_a_run_is_refused_clearly(tmp_path):
-    from search.run_frames import load_frames
+    from certevo.search.run_frames import load_frames
 
     with pytest.raises(CheckpointError, match=f"{tmp_path} is not a certevo run directory"):
         load_frames(tmp_path)

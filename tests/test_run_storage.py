@@ -13,8 +13,8 @@ import fsspec
 import pytest
 import yaml
 
-from population.errors import CheckpointError, ConfigError
-from search.run_storage import RunStorage, is_remote, staging_dir
+from certevo.population.errors import CheckpointError, ConfigError
+from certevo.search.run_storage import RunStorage, is_remote, staging_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = {
@@ -137,8 +137,8 @@ def config_file(tmp_path_factory) -> Path:
 def uninterrupted(config_file, tmp_path_factory, ray_session) -> tuple[list, Path]:
     """The front of the tiny search (K-starts + one generation) run in one go in a local
     directory, and that directory."""
-    from search.config import load_config
-    from search.loop import Search
+    from certevo.search.config import load_config
+    from certevo.search.loop import Search
 
     config = load_config(str(config_file), ["search.generations=1"])
     result = Search.create(config, tmp_path_factory.mktemp("plain") / "run").run()
@@ -146,7 +146,7 @@ def uninterrupted(config_file, tmp_path_factory, ray_session) -> tuple[list, Pat
 
 
 def test_cli_refuses_a_second_launch_into_a_file_uri(config_file, uninterrupted, capsys):
-    from search.cli import main
+    from certevo.search.cli import main
 
     uri = uninterrupted[1].resolve().as_uri()
     assert main(["launch", str(config_file), "--run-dir", uri]) == 2
@@ -155,7 +155,7 @@ def test_cli_refuses_a_second_launch_into_a_file_uri(config_file, uninterrupted,
 
 
 def test_cli_names_a_bad_uri_and_the_fix(config_file, capsys):
-    from search.cli import main
+    from certevo.search.cli import main
 
     assert main(["launch", str(config_file), "--run-dir", "nosuchfs://bucket/run"]) == 2
     assert main(["resume", "nosuchfs://bucket/run"]) == 2
@@ -166,8 +166,8 @@ def test_cli_names_a_bad_uri_and_the_fix(config_file, capsys):
 CLI_SCRIPT = r"""
 import json, os, sys
 import fsspec
-from search.cli import main
-from search.run_storage import RunStorage
+from certevo.search.cli import main
+from certevo.search.run_storage import RunStorage
 
 config, uri, address, second_machine = sys.argv[1:5]
 fs, root = fsspec.core.url_to_fs(uri)

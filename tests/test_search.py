@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import ray
 
-from population.errors import CheckpointError, ConfigError
-from population.selection import hypervolume_2d
-from search.config import load_config
-from search.loop import Search
+from certevo.population.errors import CheckpointError, ConfigError
+from certevo.population.selection import hypervolume_2d
+from certevo.search.config import load_config
+from certevo.search.loop import Search
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,8 +88,8 @@ def test_every_candidate_is_evaluated_once_and_recorded_in_lineage(reference_run
 
 
 def _trained(run_dir: Path, cid: str) -> tuple[dict, dict]:
-    from search.journal import EvaluationJournal
-    from search.state import split_trained
+    from certevo.search.journal import EvaluationJournal
+    from certevo.search.state import split_trained
 
     weights, gradients = split_trained(EvaluationJournal(run_dir).weights(cid))
     return {name: weights[f"{name}.weight"] for name in gradients}, gradients
@@ -110,7 +110,7 @@ def test_children_start_from_their_parents_trained_weights(reference_run):
 
 
 def test_pruned_starts_are_the_best_least_sparse_start_pruned_by_magnitude(reference_run):
-    from population.allocation import layer_kept_counts
+    from certevo.population.allocation import layer_kept_counts
 
     state, run_dir = reference_run.state, reference_run.run_dir
     starts = [cid for cid in state.archive if state.lineage.get(cid).operator == "kstart"
@@ -176,8 +176,8 @@ def test_killed_driver_resumes_to_the_uninterrupted_result(ray_session, referenc
     address = ray.get_runtime_context().gcs_address
     script = (
         "import sys; sys.path.insert(0, %r)\n"
-        "from search.config import load_config\n"
-        "from search.loop import Search\n"
+        "from certevo.search.config import load_config\n"
+        "from certevo.search.loop import Search\n"
         "Search.create(load_config(None, %r), %r).run()\n"
     ) % (str(ROOT), TINY + [f"cluster.address={address}"], str(run_dir))
     # SIGINT restored for the child: a shell without job control starts it ignored.

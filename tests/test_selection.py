@@ -1,4 +1,4 @@
-"""Tests of population.selection on hand-made fronts, plus a few properties."""
+"""Tests of certevo.population.selection on hand-made fronts, plus a few properties."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from population.errors import ConfigError
-from population.selection import (
+from certevo.population.errors import ConfigError
+from certevo.population.selection import (
     Individual,
     MaximiseFitness,
     hypervolume,

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from evaluators.attack import pgd_attack
-from evaluators.bounds import bound_module, input_box, margin_lower_bounds
-from evaluators.certification import certify
-from evaluators.data import Split
-from evaluators.models import CNNTemplate, MLPTemplate
-from evaluators.settings import CertificationSettings, TrainingSettings
-from evaluators.training import train_masked
-from population.genome import ACTIVATIONS, Genome, random_genome
+from certevo.evaluators.attack import pgd_attack
+from certevo.evaluators.bounds import bound_module, input_box, margin_lower_bounds
+from certevo.evaluators.certification import certify
+from certevo.evaluators.data import Split
+from certevo.evaluators.models import CNNTemplate, MLPTemplate
+from certevo.evaluators.settings import CertificationSettings, TrainingSettings
+from certevo.evaluators.training import train_masked
+from certevo.population.genome import ACTIVATIONS, Genome, random_genome
 
 SAMPLES = 128  # validation images per case
 UNIFORM_POINTS = 160  # uniform samples per image inside the box
@@ -67,7 +67,7 @@ def _net(digits, kind: str, activation: str, weights: str):
 
 def _margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``logit_y - logit_j`` for every j != y in increasing j: [..., K] -> [..., K-1]
-    (the order of evaluators.bounds.margin_matrix's rows), computed independently."""
+    (the order of certevo.evaluators.bounds.margin_matrix's rows), computed independently."""
     k = logits.shape[-1]
     others = torch.stack([torch.tensor([j for j in range(k) if j != int(label)]) for label in y])
     view = (len(y),) + (1,) * (logits.dim() - 2) + (k - 1,)
@@ -186,7 +186,7 @@ def test_certified_lower_bounds_are_sound(digits, kind, activation, weights, met
     t_margins = _margins(t_logits, y)  # [B, K-1 (attack target), K-1 (margin)]
     assert _violation(t_margins, lower) <= 0, "targeted descent beats the certified lower bound"
 
-    # (b) PGD (evaluators.attack) never gets below the bound either.
+    # (b) PGD (certevo.evaluators.attack) never gets below the bound either.
     adv = pgd_attack(model, x, y, eps, steps=20, restarts=2, generator=generator)
     assert (adv >= low).all() and (adv <= high).all(), "PGD left the clipped eps-ball"
     with torch.no_grad():

@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from population.allocation import layer_kept_counts
-from population.genome import Genome, dense_genome, random_genome
-from population.guided_operators import magnitude_prune
-from population.kstarts import kstart_candidates
-from population.operators import crossover_uniform
-from population.sparsity_text import format_sparsity
+from certevo.population.allocation import layer_kept_counts
+from certevo.population.genome import Genome, dense_genome, random_genome
+from certevo.population.guided_operators import magnitude_prune
+from certevo.population.kstarts import kstart_candidates
+from certevo.population.operators import crossover_uniform
+from certevo.population.sparsity_text import format_sparsity
 
 #: The default digits template (MLP 64-64): the layers the 0.94995 was seen on.
 DIGITS_MLP = {"fc0": (64, 64), "fc1": (64, 64), "fc2": (10, 64)}
@@ -104,7 +104,7 @@ def test_a_sparsity_just_below_a_threshold_never_shows_as_reaching_it():
 @settings(max_examples=400, deadline=None)
 @given(total=st.integers(1, 200_000), data=st.data())
 def test_the_shown_percent_reaches_a_level_exactly_when_best_at_levels_counts_it(total, data):
-    from search.loop import best_at_levels
+    from certevo.search.loop import best_at_levels
 
     kept = data.draw(st.integers(0, total))
     sparsity = 1.0 - kept / total  # as Genome.sparsity and the fitness records measure it
@@ -121,7 +121,7 @@ def test_the_shown_percent_reaches_a_level_exactly_when_best_at_levels_counts_it
 
 
 def test_the_final_front_table_cuts_sparsities():
-    from search.progress import front_table
+    from certevo.search.progress import front_table
 
     rows = [{"id": "a" * 12, "sparsity": 1 - 442 / 8832, "certified_accuracy": 0.613, "clean_accuracy": 0.9,
              "activations": ["relu", "relu"], "generation": 3}]
@@ -132,7 +132,7 @@ def test_the_final_front_table_cuts_sparsities():
 
 
 def test_the_html_front_table_cuts_sparsities(tmp_path):
-    from search.plots import front_html
+    from certevo.search.plots import front_html
 
     rows = [{"id": "x", "sparsity": 0.949996, "certified_accuracy": 0.5, "clean_accuracy": 0.9, "activations": ["relu"]}]
     page = front_html(rows, tmp_path / "front.html").read_text()
@@ -140,7 +140,7 @@ def test_the_html_front_table_cuts_sparsities(tmp_path):
 
 
 def test_the_record_summary_cuts_sparsities():
-    from evaluators.fitness import FitnessRecord
+    from certevo.evaluators.fitness import FitnessRecord
 
     record = FitnessRecord(candidate_id="x", sparsity=0.949996, certified_accuracy=0.6, clean_accuracy=0.9,
                            pgd_accuracy=None, train_method="ibp", certify_method="crown", eps=0.1, train_eps=0.1,

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from evaluators.bounds import bound_module, margin_lower_bounds
-from evaluators.device import cuda_available
-from evaluators.evaluator import CandidateEvaluator, EvaluationRequest
-from evaluators.fitness import FitnessRecord
-from evaluators.models import CNNTemplate, MLPTemplate
-from evaluators.settings import CertificationSettings, TrainingSettings
-from evaluators.stacked import MONOTONE_ACTIVATIONS, StackedNetwork
-from population.genome import Genome, random_genome
+from certevo.evaluators.bounds import bound_module, margin_lower_bounds
+from certevo.evaluators.device import cuda_available
+from certevo.evaluators.evaluator import CandidateEvaluator, EvaluationRequest
+from certevo.evaluators.fitness import FitnessRecord
+from certevo.evaluators.models import CNNTemplate, MLPTemplate
+from certevo.evaluators.settings import CertificationSettings, TrainingSettings
+from certevo.evaluators.stacked import MONOTONE_ACTIVATIONS, StackedNetwork
+from certevo.population.genome import Genome, random_genome
 
 TRAINING = TrainingSettings(method="ibp", epochs=3, lr=1e-2, eps=0.05)
 CERT = CertificationSettings(method="crown", eps=0.05)
@@ -183,18 +183,18 @@ def test_cuda_gives_records_that_mean_the_same_as_cpu(digits_small, mlp):
 def test_asking_for_cuda_without_a_gpu_says_how_to_fix_it(digits_small, mlp):
     if cuda_available():
         pytest.skip("this machine has a GPU")
-    from population.errors import ConfigError
+    from certevo.population.errors import ConfigError
 
     with pytest.raises(ConfigError, match="cluster.device: cpu"):
         CandidateEvaluator(digits_small, mlp, TRAINING, CERT, device="cuda")
 
 
 def test_masked_adam_takes_exactly_torchs_adam_steps():
-    """evaluators.adam: vector-sized candidate slices go through torch's fused Adam, the
+    """certevo.evaluators.adam: vector-sized candidate slices go through torch's fused Adam, the
     rest through its foreach arithmetic without torch.sqrt of exact zeros (slow on x86);
     every update must be torch.optim.Adam's (fused, respectively foreach), bit for bit,
     with masked (zero-gradient) entries and a changing lr."""
-    from evaluators.adam import MaskedAdam, fused_eligible
+    from certevo.evaluators.adam import MaskedAdam, fused_eligible
 
     generator = torch.Generator().manual_seed(0)
     start = [torch.randn(4, 16, 16, generator=generator), torch.randn(4, 16, generator=generator),

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from test_cli import ROOT, TINY_CONFIG, certevo_exe, run
 
-from evaluators.device import cuda_available
+from certevo.evaluators.device import cuda_available
 
 
 def _launch(config_file: Path, run_dir: Path, *extra: str) -> subprocess.Popen:

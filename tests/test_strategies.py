@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluators.fitness import FitnessRecord
-from population.genome import random_genome
-from search.config import load_config
-from search.state import Candidate, SearchState
-from search.strategies import Nsga2Strategy, Proposal
+from certevo.evaluators.fitness import FitnessRecord
+from certevo.population.genome import random_genome
+from certevo.search.config import load_config
+from certevo.search.state import Candidate, SearchState
+from certevo.search.strategies import Nsga2Strategy, Proposal
 
 SHAPES = {"fc0": (10, 20), "fc1": (4, 10)}
 

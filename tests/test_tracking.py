@@ -1,4 +1,4 @@
-"""search.tracking.MlflowTracker against real MLflow (no mocks): the default SQLite store in
+"""certevo.search.tracking.MlflowTracker against real MLflow (no mocks): the default SQLite store in
 the run directory, a real `mlflow server`, resume, and a server that goes away mid-search."""
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-from population.genome import Genome
-from search.config import load_config
-from search.loop import Search
-from search.tracking import RUN_FILE, MlflowTracker, TrackingWarning, flatten_config, git_commit
+from certevo.population.genome import Genome
+from certevo.search.config import load_config
+from certevo.search.loop import Search
+from certevo.search.tracking import RUN_FILE, MlflowTracker, TrackingWarning, flatten_config, git_commit
 
 GENERATIONS = 2
 TINY = [
@@ -524,7 +524,7 @@ def test_failures_are_classified_transient_or_permanent():
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 
-    from search.tracking import _is_transient
+    from certevo.search.tracking import _is_transient
 
     assert _is_transient(MlflowException("API request failed: connection refused", error_code=INTERNAL_ERROR))
     assert _is_transient(ConnectionRefusedError())
@@ -562,7 +562,7 @@ def test_pictures_survive_a_dead_plot_process(sqlite_run, tmp_path):
 
 
 def test_plot_process_draws_a_lineage(sqlite_run, tmp_path):
-    from search.tracking import _PlotWorker
+    from certevo.search.tracking import _PlotWorker
 
     worker = _PlotWorker()
     try:

@@ -9,11 +9,11 @@ import re
 import pytest
 from mlflow.tracking import MlflowClient
 
-from evaluators.data import load_dataset
-from evaluators.spec import DataSpec
-from search.config import load_config
-from search.loop import Search
-from search.tracking import MlflowTracker
+from certevo.evaluators.data import load_dataset
+from certevo.evaluators.spec import DataSpec
+from certevo.search.config import load_config
+from certevo.search.loop import Search
+from certevo.search.tracking import MlflowTracker
 
 TINY = ["data.subset=300", "model.widths=[16,16]", "training.epochs=2", "training.batch_size=32",
         "certification.eps=0.05", "training.eps=0.05", "search.population_size=4", "search.generations=1",
@@ -62,7 +62,7 @@ def test_parent_run_has_the_data_set_as_a_dataset_input(tracked):
     assert json.loads(dataset.schema)["mlflow_tensorspec"]["features"]
     assert {t.key: t.value for t in logged.tags}["mlflow.data.context"] == "training"
     # logging it again (a resumed search does) keeps one input; other data has another digest
-    from search.tracking_names import dataset_input, log_dataset_input
+    from certevo.search.tracking_names import dataset_input, log_dataset_input
 
     log_dataset_input(lambda: client, lambda: tracker.run_id, search.config.data)
     assert len(client.get_run(tracker.run_id).inputs.dataset_inputs) == 1
@@ -73,7 +73,7 @@ def test_parent_run_has_the_data_set_as_a_dataset_input(tracked):
 def test_a_child_run_name_never_rounds_a_sparsity_up_across_a_threshold():
     from types import SimpleNamespace
 
-    from search.tracking_names import child_run_name
+    from certevo.search.tracking_names import child_run_name
 
     def named(sparsity: float) -> str:
         record = SimpleNamespace(sparsity=sparsity, certified_accuracy=0.6134)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from evaluators.bounds import bound_module
-from evaluators.models import CNNTemplate, MLPTemplate
-from evaluators.settings import TRAINING_METHODS, TrainingSettings
-from evaluators.training import KStartsScores, TrainingDiverged, train_masked
-from population.genome import ACTIVATIONS, Genome, random_genome
+from certevo.evaluators.bounds import bound_module
+from certevo.evaluators.models import CNNTemplate, MLPTemplate
+from certevo.evaluators.settings import TRAINING_METHODS, TrainingSettings
+from certevo.evaluators.training import KStartsScores, TrainingDiverged, train_masked
+from certevo.population.genome import ACTIVATIONS, Genome, random_genome
 
 
 def _template(kind, data):
@@ -154,7 +154,7 @@ def test_learning_rate_schedule(digits_small, schedule):
 
 
 def test_unknown_schedule_is_refused_with_the_field():
-    from population.errors import ConfigError
+    from certevo.population.errors import ConfigError
 
     with pytest.raises(ConfigError, match="training.lr_schedule.*cosine"):
         TrainingSettings(lr_schedule="step")

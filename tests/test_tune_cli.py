@@ -9,7 +9,7 @@ import shlex
 
 import yaml
 
-from search.config import load_config
+from certevo.search.config import load_config
 from tests.test_cli import TINY_CONFIG, run
 
 

@@ -1,0 +1,84 @@
+"""certevo: evolutionary search for sparse, certifiably robust neural networks.
+
+The public API. Names are imported on first use, so ``import certevo`` (and the
+``certevo`` command's ``--help``) stays light: torch, Ray and MLflow load only when a name
+that needs them is used.
+
+    import certevo
+
+    config = certevo.load_config("search.yaml", ["search.generations=10"])
+    result = certevo.Search.create(config, "runs/exp-1", [certevo.MlflowTracker()]).run()
+    export = certevo.read_export("best.json")
+    model = certevo.build_exported_model(export, trained=True)
+
+The code lives in four subpackages, imported one way (each only from those before it):
+``certevo.population`` (genomes, operators, selection, files) <- ``certevo.evaluators``
+(training, certification) <- ``certevo.cluster`` (Ray) <- ``certevo.search`` (the loop,
+its run directory, tracking and the command line).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# In the repository the four subpackages are folders beside this one (the layout is part
+# of the design); an installed certevo (a wheel) has them inside this folder. Adding the
+# checkout's root to the search path makes ``certevo.search`` the checkout's own
+# ``search/`` when certevo is imported from a source tree, installed or not.
+_here = Path(__file__).resolve().parent
+if not (_here / "search").is_dir() and (_here.parent / "search" / "__init__.py").is_file():
+    __path__.append(str(_here.parent))  # type: ignore[name-defined]  # noqa: F821
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "Search": "certevo.search.loop",
+    "SearchResult": "certevo.search.loop",
+    "SearchObserver": "certevo.search.loop",
+    "SearchConfig": "certevo.search.config",
+    "load_config": "certevo.search.config",
+    "MlflowTracker": "certevo.search.tracking",
+    "load_frames": "certevo.search.run_frames",
+    "Export": "certevo.population.export",
+    "read_export": "certevo.population.export",
+    "write_export": "certevo.population.export",
+    "Genome": "certevo.population.genome",
+    "build_exported_model": "certevo.evaluators.apply_mask",
+    "apply_mask_to_model": "certevo.evaluators.apply_mask",
+    "make_mask_permanent": "certevo.evaluators.apply_mask",
+    "train_final": "certevo.evaluators.final_training",
+    "CertevoError": "certevo.population.errors",
+    "ConfigError": "certevo.population.errors",
+    "DataError": "certevo.population.errors",
+    "CheckpointError": "certevo.population.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'certevo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from certevo.evaluators.apply_mask import apply_mask_to_model, build_exported_model, make_mask_permanent
+    from certevo.evaluators.final_training import train_final
+    from certevo.population.errors import CertevoError, CheckpointError, ConfigError, DataError
+    from certevo.population.export import Export, read_export, write_export
+    from certevo.population.genome import Genome
+    from certevo.search.config import SearchConfig, load_config
+    from certevo.search.loop import Search, SearchObserver, SearchResult
+    from certevo.search.run_frames import load_frames
+    from certevo.search.tracking import MlflowTracker
