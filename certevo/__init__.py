@@ -46,9 +46,9 @@ _EXPORTS = {
     "read_export": "certevo.population.export",
     "write_export": "certevo.population.export",
     "Genome": "certevo.population.genome",
-    "build_exported_model": "certevo.evaluators.apply_mask",
-    "apply_mask_to_model": "certevo.evaluators.apply_mask",
-    "make_mask_permanent": "certevo.evaluators.apply_mask",
+    "build_exported_model": "certevo.evaluators.exported_model",
+    "apply_mask_to_model": "certevo.evaluators.exported_model",
+    "make_mask_permanent": "certevo.evaluators.exported_model",
     "train_final": "certevo.evaluators.final_training",
     "CertevoError": "certevo.population.errors",
     "ConfigError": "certevo.population.errors",
@@ -73,7 +73,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from certevo.evaluators.apply_mask import apply_mask_to_model, build_exported_model, make_mask_permanent
+    from certevo.evaluators.exported_model import apply_mask_to_model, build_exported_model, make_mask_permanent
     from certevo.evaluators.final_training import train_final
     from certevo.population.errors import CertevoError, CheckpointError, ConfigError, DataError
     from certevo.population.export import Export, read_export, write_export

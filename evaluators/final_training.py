@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from certevo.evaluators.apply_mask import build_exported_model
+from certevo.evaluators.exported_model import build_exported_model
 from certevo.evaluators.bounds import VerifierError, bound_module
 from certevo.evaluators.certification import certify
 from certevo.evaluators.data import DatasetSplits, Split, load_dataset
@@ -486,13 +486,13 @@ def load_final_model(out_dir: str | os.PathLike, export: Export) -> nn.Sequentia
     report_path, weights_path = directory / REPORT_FILE, directory / WEIGHTS_FILE
     for path in (report_path, weights_path):
         if not path.is_file():
-            raise CheckpointError(f"{path} does not exist; pass the directory `certevo train-final` wrote")
+            raise CheckpointError(f"{path} does not exist; pass the output directory `certevo train EXPORT.json` wrote")
     try:
         report = json.loads(report_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{report_path} is not valid JSON ({exc}); train again") from exc
     if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
-        raise CheckpointError(f"{report_path} is not a certevo final-training report; pass the directory train-final wrote")
+        raise CheckpointError(f"{report_path} is not a certevo final-training report; pass the output directory `certevo train EXPORT.json` wrote")
     if report.get("candidate_id") != export.candidate_id:
         raise CheckpointError(
             f"{report_path} is for candidate {report.get('candidate_id')!r}, the export is {export.candidate_id}; "

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from certevo.cluster.connect import check_reachable, connect
-from certevo.cluster.islands import host_islands
+from certevo.cluster.island_hosts import host_islands
 from certevo.cluster.pool import EvaluationPool, EvaluationTask, TaskResult
 from certevo.evaluators.models import make_template
 from certevo.population.checkpoint import CheckpointStore
@@ -26,7 +26,7 @@ from certevo.population.seeds import derive_seed
 from certevo.search.command_hint import command_hint
 from certevo.search.config import SearchConfig, config_from_dict, read_run_config
 from certevo.search.input_checks import check_resume_targets
-from certevo.search.islands import Island, initial_snapshots, offspring_counts
+from certevo.search.island_model import Island, initial_snapshots, offspring_counts
 from certevo.search.journal import EvaluationJournal, journal_digest
 from certevo.search.state import Candidate, SearchState, objectives, split_trained, trained_arrays
 from certevo.search.strategies import PRUNED_START_ALLOCATIONS, CoevolutionStrategy, Proposal, Strategy, make_strategy
@@ -254,7 +254,7 @@ class Search:
             island.checkpointed(self._island_args(snapshot))
 
     def _migrate(self) -> list[dict[str, Any]]:
-        """Ring migration: every island's best go to the next island (see search.islands)."""
+        """Ring migration: every island's best go to the next island (see certevo.search.island_model)."""
         count = self.config.search.migrants
         pending = [island.submit("emigrants", count) for island in self.islands]
         leaving = [island.result(p) for island, p in zip(self.islands, pending)]

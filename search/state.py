@@ -79,7 +79,7 @@ class SearchState:
     lineage: Lineage = field(default_factory=Lineage)
     history: list[dict[str, Any]] = field(default_factory=list)
     weights: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    #: Per island, its state after the last generation (see search.islands).
+    #: Per island, its state after the last generation (see certevo.search.island_model).
     islands: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, candidate: Candidate) -> None:

@@ -20,7 +20,7 @@ import yaml
 from torch import nn
 from torch.nn.utils import prune
 
-from certevo.evaluators.apply_mask import apply_mask_to_model, build_exported_model, make_mask_permanent
+from certevo.evaluators.exported_model import apply_mask_to_model, build_exported_model, make_mask_permanent
 from certevo.evaluators.bounds import bound_module, margin_lower_bounds
 from certevo.evaluators.models import NeuronActivations
 from certevo.evaluators.settings import CertificationSettings, TrainingSettings

@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from certevo.evaluators.apply_mask import build_exported_model
+from certevo.evaluators.exported_model import build_exported_model
 from certevo.evaluators.final_training import EpochProgress, load_final_model, train_final
 from certevo.evaluators.settings import CertificationSettings, TrainingSettings
 from certevo.evaluators.spec import DataSpec, ModelSpec

@@ -7,7 +7,7 @@ import json
 import pytest
 import ray
 
-from certevo.search.islands import offspring_counts
+from certevo.search.island_model import offspring_counts
 from certevo.search.loop import Search
 from test_search import archive_view, front_view, tiny
 

@@ -14,6 +14,9 @@ Migration: after every ``search.migration_interval``-th generation each island p
 ``(i + 1) % N`` (a ring); all emigrants are chosen before anyone receives, and a receiver
 re-selects its population (the strategy's survival rule) over its members plus the
 newcomers.
+
+Where an island lives (in the driver or in a Ray actor that is restored when it dies):
+certevo.cluster.island_hosts.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ checkpointed state and the calls made since. If the actor dies (process killed, 
 lost), :class:`ActorIsland` starts a new actor from those arguments, replays the calls
 (islands are deterministic, so the replay ends in the same state) and retries the call
 that failed. ``restarts`` counts how often that happened.
+
+What an island *is* (a population evolving with ring migration): certevo.search.island_model.
 """
 
 from __future__ import annotations
