@@ -30,7 +30,6 @@ No pickle: :func:`save_final` writes ``report.json`` and ``weights.safetensors``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -47,11 +46,13 @@ from certevo.evaluators.exported_model import build_exported_model
 from certevo.evaluators.bounds import VerifierError, bound_module
 from certevo.evaluators.certification import certify
 from certevo.evaluators.data import DatasetSplits, Split, load_dataset
+from certevo.evaluators.epoch_progress import EpochProgress, EpochReporter
 from certevo.evaluators.settings import CertificationSettings, TrainingSettings
 from certevo.evaluators.training import train_masked
 from certevo.population.errors import CheckpointError, ConfigError, DataError
 from certevo.population.export import Export
 from certevo.population.files import atomic_write
+from certevo.population.manifest import check_format, check_sha256, read_json, sha256_hex
 from certevo.population.seeds import derive_seed
 
 DEFAULT_EPOCHS = 60
@@ -75,18 +76,6 @@ __all__ = [
     "trained_sparsity",
     "train_final",
 ]
-
-
-@dataclass(frozen=True)
-class EpochProgress:
-    """Passed to ``train_final``'s ``callback`` after each epoch (``epoch`` counts from 1
-    over warm-up and robust phase together; ``eps`` is the training eps reached)."""
-
-    epoch: int
-    epochs: int
-    phase: str
-    eps: float
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -209,63 +198,6 @@ def _setting(export: Export, section: str, key: str, default: Any) -> Any:
     return values.get(key, default) if isinstance(values, dict) else default
 
 
-class _EpochReporter:
-    """Counts optimizer steps of one model's optimizer (through torch's global
-    optimizer post-step hook, since train_masked creates its optimizer internally) and
-    reports each finished epoch."""
-
-    def __init__(self, model: nn.Module, epochs: int, callback: Callable[[EpochProgress], None] | None, show: bool) -> None:
-        self.first = next(model.parameters())
-        self.epochs = epochs
-        self.callback = callback
-        self.epoch = 0
-        self.steps = 0
-        self.steps_per_epoch = 1
-        self.phase = ""
-        self.eps_at: Callable[[int], float] = lambda step: 0.0
-        self.started = time.perf_counter()
-        self.progress = None
-        self.task = None
-        if show:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("[bold]final training"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
-                TimeRemainingColumn(), TextColumn("{task.description}"), console=Console(stderr=True),
-            )
-            self.task = self.progress.add_task("", total=epochs)
-
-    def phase_start(self, phase: str, steps_per_epoch: int, eps_at: Callable[[int], float]) -> None:
-        self.phase, self.steps_per_epoch, self.eps_at, self.steps = phase, steps_per_epoch, eps_at, 0
-
-    def hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if not any(p is self.first for group in optimizer.param_groups for p in group["params"]):
-            return  # another optimizer in this process
-        self.steps += 1
-        if self.steps % self.steps_per_epoch:
-            return
-        self.epoch += 1
-        info = EpochProgress(self.epoch, self.epochs, self.phase, self.eps_at(self.steps), time.perf_counter() - self.started)
-        if self.progress is not None:
-            self.progress.update(self.task, advance=1, description=f"{info.phase}  eps {info.eps:.4f}")
-        if self.callback is not None:
-            self.callback(info)
-
-    def __enter__(self) -> _EpochReporter:
-        from torch.optim.optimizer import register_optimizer_step_post_hook
-
-        self.handle = register_optimizer_step_post_hook(self.hook)
-        if self.progress is not None:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.remove()
-        if self.progress is not None:
-            self.progress.stop()
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -366,7 +298,7 @@ def train_final(
     start = time.perf_counter()
     steps_per_epoch = max(1, math.ceil(len(train) / robust.batch_size))
     ramp_steps = int(robust.ramp_fraction * robust.epochs * steps_per_epoch)
-    with _EpochReporter(model, epochs, callback, progress) as reporter:
+    with EpochReporter(model, epochs, callback, progress) as reporter:
         if warmup_epochs:
             warmup = TrainingSettings(method="clean", epochs=warmup_epochs, batch_size=robust.batch_size, lr=robust.lr)
             reporter.phase_start("warm-up", steps_per_epoch, lambda step: 0.0)
@@ -471,7 +403,7 @@ def save_final(report: FinalReport, model: nn.Module | None, out_dir: str | os.P
         "format_version": REPORT_FORMAT_VERSION,
         **report.to_dict(),
         "weights_file": WEIGHTS_FILE,
-        "weights_sha256": hashlib.sha256(blob).hexdigest(),
+        "weights_sha256": sha256_hex(blob),
     }
     atomic_write(report_path, (json.dumps(document, indent=1) + "\n").encode())
     return report_path, weights_path
@@ -487,20 +419,17 @@ def load_final_model(out_dir: str | os.PathLike, export: Export) -> nn.Sequentia
     for path in (report_path, weights_path):
         if not path.is_file():
             raise CheckpointError(f"{path} does not exist; pass the output directory `certevo train EXPORT.json` wrote")
-    try:
-        report = json.loads(report_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{report_path} is not valid JSON ({exc}); train again") from exc
-    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
-        raise CheckpointError(f"{report_path} is not a certevo final-training report; pass the output directory `certevo train EXPORT.json` wrote")
+    report = read_json(report_path, lambda exc: f"{report_path} is not valid JSON ({exc}); train again")
+    check_format(report, REPORT_FORMAT, lambda _: (
+        f"{report_path} is not a certevo final-training report; pass the output directory `certevo train EXPORT.json` wrote"))
     if report.get("candidate_id") != export.candidate_id:
         raise CheckpointError(
             f"{report_path} is for candidate {report.get('candidate_id')!r}, the export is {export.candidate_id}; "
             "pass the export the final training was run on"
         )
     blob = weights_path.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != report.get("weights_sha256"):
-        raise CheckpointError(f"{weights_path} does not match the sha256 in {report_path.name}; it is damaged; train again")
+    check_sha256(blob, report.get("weights_sha256"), lambda _: (
+        f"{weights_path} does not match the sha256 in {report_path.name}; it is damaged; train again"))
     model = build_exported_model(export)
     model.load_state_dict(load_bytes(blob))
     return model

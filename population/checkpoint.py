@@ -6,7 +6,6 @@ into arrays + manifests and to keep a ``numpy`` RNG's state in JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -19,6 +18,7 @@ import numpy as np
 from certevo.population.files import TMP_PREFIX, atomic_write
 from certevo.population.errors import CheckpointError, ConfigError
 from certevo.population.genome import Genome
+from certevo.population.manifest import check_format, check_sha256, check_version, read_json, sha256_hex
 
 CHECKPOINT_FORMAT = "certevo-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 2
@@ -114,7 +114,7 @@ class CheckpointStore:
             blob = save_bytes(tensors)
         except Exception as exc:  # safetensors raises its own error types
             raise ConfigError(f"checkpoint arrays cannot be stored with safetensors ({exc}); use numeric or bool arrays") from exc
-        sha = hashlib.sha256(blob).hexdigest()
+        sha = sha256_hex(blob)
         arrays_name = f"arrays-{sha[:16]}.safetensors"
         manifest = {
             "format": CHECKPOINT_FORMAT,
@@ -148,25 +148,18 @@ class CheckpointStore:
                 f"no checkpoint at {path}: the file does not exist; check the run directory, "
                 "or start a new search instead of resuming"
             )
-        try:
-            manifest = json.loads(path.read_bytes())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(
-                f"checkpoint manifest {path} is not valid JSON ({exc}); it is truncated or "
-                "damaged; restore it from a backup or start a new search"
-            ) from exc
-        if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
-            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-            raise CheckpointError(
-                f"{path} has format {found!r}, not {CHECKPOINT_FORMAT!r}: it is not a certevo "
-                "checkpoint; point --resume at the run directory a certevo search wrote"
-            )
-        version = manifest.get("format_version")
-        if isinstance(version, bool) or version not in READABLE_VERSIONS:
-            raise CheckpointError(
-                f"{path} has checkpoint format version {version!r}; this certevo reads versions "
-                f"{', '.join(map(str, READABLE_VERSIONS))}; resume with the certevo version that wrote it"
-            )
+        manifest = read_json(path, lambda exc: (
+            f"checkpoint manifest {path} is not valid JSON ({exc}); it is truncated or "
+            "damaged; restore it from a backup or start a new search"
+        ))
+        check_format(manifest, CHECKPOINT_FORMAT, lambda found: (
+            f"{path} has format {found!r}, not {CHECKPOINT_FORMAT!r}: it is not a certevo "
+            "checkpoint; pass the run directory a certevo search wrote: `certevo resume RUN_DIR`"
+        ))
+        version = check_version(manifest, READABLE_VERSIONS, lambda version: (
+            f"{path} has checkpoint format version {version!r}; this certevo reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; resume with the certevo version that wrote it"
+        ))
         problems = []
         if not isinstance(manifest.get("generation"), int) or isinstance(manifest.get("generation"), bool):
             problems.append(f"generation is {manifest.get('generation')!r}")
@@ -207,13 +200,11 @@ class CheckpointStore:
                 "exist; the checkpoint is incomplete; restore the directory from a backup"
             )
         blob = arrays_path.read_bytes()
-        sha = hashlib.sha256(blob).hexdigest()
-        if sha != manifest["arrays_sha256"]:
-            raise CheckpointError(
-                f"checkpoint arrays {arrays_path} have sha256 {sha} but {self.manifest_path} "
-                f"records {manifest['arrays_sha256']}; the file is truncated, damaged or was changed; "
-                "restore it from a backup or start a new search"
-            )
+        check_sha256(blob, manifest["arrays_sha256"], lambda sha: (
+            f"checkpoint arrays {arrays_path} have sha256 {sha} but {self.manifest_path} "
+            f"records {manifest['arrays_sha256']}; the file is truncated, damaged or was changed; "
+            "restore it from a backup or start a new search"
+        ))
         try:
             arrays = load_bytes(blob)
         except Exception as exc:  # safetensors raises its own error types
@@ -228,7 +219,7 @@ def manifest_sha256(manifest: Mapping[str, Any]) -> str:
     """sha256 of a checkpoint manifest's content, ``manifest_sha256`` itself left out:
     canonical JSON (sorted keys, no spaces), so it does not depend on the file's layout."""
     content = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return sha256_hex(json.dumps(content, sort_keys=True, separators=(",", ":")).encode())
 
 
 # --------------------------------------------------------------------------- genomes

@@ -40,7 +40,6 @@ evaluators (it is part of ``population``).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -53,6 +52,7 @@ import numpy as np
 from certevo.population.files import atomic_write
 from certevo.population.errors import CheckpointError, ConfigError
 from certevo.population.genome import Genome
+from certevo.population.manifest import check_format, check_sha256, check_version, read_json, sha256_hex
 
 EXPORT_FORMAT = "certevo-export"
 EXPORT_FORMAT_VERSION = 1
@@ -262,7 +262,7 @@ def write_export(
         **fields,
         "certevo_version": certevo_version(),
         "masks_file": tensor_path.name,
-        "masks_sha256": hashlib.sha256(blob).hexdigest(),
+        "masks_sha256": sha256_hex(blob),
         "trained_weights": sorted(trained) if trained is not None else None,
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -322,23 +322,17 @@ def read_export(path: str | os.PathLike) -> Export:
             raise CheckpointError(f"{given} is not a certevo export (exports end in .json / .safetensors); {_FIX_PATH}")
         what = "is a directory" if json_path.is_dir() else "does not exist"
         raise CheckpointError(f"export manifest {json_path} {what}; {_FIX_PATH}")
-    try:
-        manifest = json.loads(json_path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(
-            f"export manifest {json_path} is not valid JSON ({exc}); it is truncated or damaged; {_FIX_DAMAGED}"
-        ) from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise CheckpointError(
-            f"{json_path} has format {found!r}, not {EXPORT_FORMAT!r}: it is not a certevo export; {_FIX_PATH}"
-        )
-    if manifest.get("format_version") != EXPORT_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{json_path} has export format version {manifest.get('format_version')!r}; this certevo "
-            f"reads version {EXPORT_FORMAT_VERSION}; use the certevo version that wrote it "
-            f"({manifest.get('certevo_version', 'unknown')}) or export the candidate again"
-        )
+    manifest = read_json(json_path, lambda exc: (
+        f"export manifest {json_path} is not valid JSON ({exc}); it is truncated or damaged; {_FIX_DAMAGED}"
+    ))
+    check_format(manifest, EXPORT_FORMAT, lambda found: (
+        f"{json_path} has format {found!r}, not {EXPORT_FORMAT!r}: it is not a certevo export; {_FIX_PATH}"
+    ))
+    check_version(manifest, (EXPORT_FORMAT_VERSION,), lambda version: (
+        f"{json_path} has export format version {version!r}; this certevo "
+        f"reads version {EXPORT_FORMAT_VERSION}; use the certevo version that wrote it "
+        f"({manifest.get('certevo_version', 'unknown')}) or export the candidate again"
+    ))
     missing = [k for k in (*REQUIRED_FIELDS, "genome", "masks_sha256") if k not in manifest]
     if missing:
         raise CheckpointError(f"export manifest {json_path} lacks {missing}; it is damaged or was edited; {_FIX_DAMAGED}")
@@ -349,13 +343,11 @@ def read_export(path: str | os.PathLike) -> Export:
             f"incomplete: keep the .json and .safetensors files together, or {_FIX_DAMAGED}"
         )
     blob = tensor_path.read_bytes()
-    sha = hashlib.sha256(blob).hexdigest()
-    if sha != manifest["masks_sha256"]:
-        raise CheckpointError(
-            f"export masks {tensor_path} have sha256 {sha} but {json_path.name} records "
-            f"{manifest['masks_sha256']}; the masks are truncated, damaged or were changed "
-            f"(or belong to another export); {_FIX_DAMAGED}"
-        )
+    check_sha256(blob, manifest["masks_sha256"], lambda sha: (
+        f"export masks {tensor_path} have sha256 {sha} but {json_path.name} records "
+        f"{manifest['masks_sha256']}; the masks are truncated, damaged or were changed "
+        f"(or belong to another export); {_FIX_DAMAGED}"
+    ))
     try:
         arrays = load_bytes(blob)
     except Exception as exc:  # safetensors raises its own error types

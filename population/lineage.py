@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from certevo.population.errors import CheckpointError, ConfigError
+from certevo.population.manifest import check_format, check_version
 
 LINEAGE_FORMAT = "certevo-lineage"
 LINEAGE_FORMAT_VERSION = 1
@@ -251,17 +252,14 @@ class Lineage:
                 data = json.loads(data)
             except json.JSONDecodeError as exc:
                 raise CheckpointError(f"lineage data is not valid JSON ({exc}); it is damaged") from exc
-        if not isinstance(data, Mapping) or data.get("format") != LINEAGE_FORMAT:
-            found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
-            raise CheckpointError(
-                f"lineage data has format {found!r}, expected {LINEAGE_FORMAT!r}; pass the "
-                "output of Lineage.to_json()"
-            )
-        if data.get("format_version") != LINEAGE_FORMAT_VERSION:
-            raise CheckpointError(
-                f"lineage data has format version {data.get('format_version')!r}; this "
-                f"certevo reads version {LINEAGE_FORMAT_VERSION}; use the certevo that wrote it"
-            )
+        check_format(data, LINEAGE_FORMAT, lambda found: (
+            f"lineage data has format {found!r}, expected {LINEAGE_FORMAT!r}; pass the "
+            "output of Lineage.to_json()"
+        ))
+        check_version(data, (LINEAGE_FORMAT_VERSION,), lambda version: (
+            f"lineage data has format version {version!r}; this "
+            f"certevo reads version {LINEAGE_FORMAT_VERSION}; use the certevo that wrote it"
+        ))
         try:
             return cls(LineageRecord.from_dict(item) for item in data["records"])
         except (KeyError, TypeError, ValueError) as exc:
