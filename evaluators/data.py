@@ -25,9 +25,8 @@ import torch
 
 from certevo.evaluators.digits import load_digits
 from certevo.evaluators.npz import load_npz
+from certevo.evaluators.names import DATASETS
 from certevo.population.errors import ConfigError, DataError
-
-DATASETS = ("digits", "mnist", "fashion-mnist", "kmnist", "npz")
 
 #: Each class needs one sample in each of train, val and test.
 MIN_PER_CLASS = 3

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from certevo.evaluators.names import DEVICES
 from certevo.population.errors import ConfigError
-
-DEVICES = ("cpu", "cuda")
 
 #: Candidates trained in one stacked pass, by device kind: on one CPU core the gain
 #: levels off near 16-32 (benchmarks/evaluate.py); a GPU wants far more work per launch.

@@ -15,10 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from certevo.evaluators.names import TEMPLATE_KINDS
 from certevo.population.errors import ConfigError, GenomeError
 from certevo.population.genome import Genome, dense_genome
-
-TEMPLATE_KINDS = ("mlp", "cnn")
 
 
 def activation_module(name: str) -> nn.Module:

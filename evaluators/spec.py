@@ -4,12 +4,16 @@ the same evaluator."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from certevo.evaluators.data import DATASETS, DatasetSplits, load_dataset
-from certevo.evaluators.evaluator import CandidateEvaluator
-from certevo.evaluators.models import TEMPLATE_KINDS, make_template
+from certevo.evaluators.names import DATASETS, TEMPLATE_KINDS
 from certevo.evaluators.settings import CertificationSettings, TrainingSettings, _fraction, _require
+
+# The data, model and evaluator modules import torch: imported where a method needs them,
+# so that a configuration is read and checked without torch (e.g. by `certevo inspect`).
+if TYPE_CHECKING:
+    from certevo.evaluators.data import DatasetSplits
+    from certevo.evaluators.evaluator import CandidateEvaluator
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class DataSpec:
 
     def load(self) -> DatasetSplits:
         """Load and split the data set."""
+        from certevo.evaluators.data import load_dataset
+
         return load_dataset(self.name, self.path, seed=self.seed, subset=self.subset,
                             val_fraction=self.val_fraction, test_fraction=self.test_fraction)
 
@@ -74,6 +80,8 @@ class ModelSpec:
 
     def template(self, input_shape: tuple[int, ...], num_classes: int):
         """The template for data of this shape."""
+        from certevo.evaluators.models import make_template
+
         return make_template(self.kind, input_shape, num_classes, widths=self.widths, channels=self.channels)
 
 
@@ -97,6 +105,8 @@ class EvaluationSpec:
         stacked: bool = True,
     ) -> CandidateEvaluator:
         """A fresh evaluator on ``device`` (loads the data unless given)."""
+        from certevo.evaluators.evaluator import CandidateEvaluator
+
         data = data if data is not None else self.data.load()
         template = self.model.template(data.input_shape, data.num_classes)
         return CandidateEvaluator(data, template, self.training, self.certification, seed=self.seed,

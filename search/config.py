@@ -17,8 +17,7 @@ from typing import Any
 
 import yaml
 
-from certevo.evaluators.data import DATASETS
-from certevo.evaluators.device import DEVICES
+from certevo.evaluators.names import DATASETS, DEVICES
 from certevo.evaluators.settings import CertificationSettings, TrainingSettings
 from certevo.evaluators.spec import DataSpec, EvaluationSpec, ModelSpec
 from certevo.population.errors import CertevoError, CheckpointError, ConfigError
