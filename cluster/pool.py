@@ -70,16 +70,6 @@ class EvaluatorActor:
         return evaluations, self.name, time.perf_counter() - start
 
 
-def _failed(task: EvaluationTask, reason: str) -> Evaluation:
-    genome = task.genome
-    record = FitnessRecord(
-        candidate_id=genome.id, sparsity=genome.sparsity, certified_accuracy=0.0, clean_accuracy=0.0,
-        pgd_accuracy=None, train_method="", certify_method="", eps=0.0, train_eps=0.0, epochs=0, samples=0,
-        layer_sparsity=genome.layer_sparsity(), timings={}, failure=reason,
-    )
-    return Evaluation(record)
-
-
 class EvaluationPool:
     """Feeds tasks to ``num_actors`` evaluator actors, in batches; the driver owns it.
 
@@ -202,7 +192,8 @@ class EvaluationPool:
                     raise AutoLirpaMissing(str(exc.cause)) from None
                 self._idle.append(actor)
                 for task in batch:
-                    yield TaskResult(task, _failed(task, f"evaluation raised {exc.cause!r}"), "", 0.0)
+                    record = FitnessRecord.failed(task.genome, f"evaluation raised {exc.cause!r}")
+                    yield TaskResult(task, Evaluation(record), "", 0.0)
                 continue
             self._idle.append(actor)
             for task, evaluation in zip(batch, evaluations):

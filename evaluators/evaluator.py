@@ -128,8 +128,8 @@ class CandidateEvaluator:
         for i, request in enumerate(requests):
             empty = request.genome.empty_layers()
             if empty:
-                results[i] = Evaluation(self._record(
-                    request, {}, f"layers {empty} keep no weight, so no signal passes; lower their sparsity"))
+                results[i] = self._failed(
+                    request, {}, f"layers {empty} keep no weight, so no signal passes; lower their sparsity")
             elif self.stacked and self.training.method in STACKED_METHODS:
                 groups.setdefault(self._epochs(request), []).append(i)
             else:
@@ -144,30 +144,39 @@ class CandidateEvaluator:
     def _epochs(self, request: EvaluationRequest) -> int:
         return request.epochs if request.epochs is not None else self.training.epochs
 
-    def _record(self, request: EvaluationRequest, timings: dict[str, float], failure: str | None = None,
-                **values: Any) -> FitnessRecord:
-        genome = request.genome
+    def _setup(self, request: EvaluationRequest) -> dict[str, Any]:
+        """The record fields this evaluator's settings fix for ``request``, whatever its outcome."""
         epochs = self._epochs(request)
+        return {
+            "train_method": self.training.method,
+            "certify_method": self.certification.method,
+            "eps": self.certification.eps,
+            "train_eps": self.training.eps,
+            "epochs": epochs,
+            "total_epochs": request.prior_epochs + epochs,
+            "inherited_from": request.inherited_from,
+        }
+
+    def _record(self, request: EvaluationRequest, timings: dict[str, float], **values: Any) -> FitnessRecord:
+        genome = request.genome
         return FitnessRecord(
             candidate_id=genome.id,
             sparsity=genome.sparsity,
             certified_accuracy=values.get("certified", 0.0),
             clean_accuracy=values.get("clean", 0.0),
             pgd_accuracy=values.get("pgd"),
-            train_method=self.training.method,
-            certify_method=self.certification.method,
-            eps=self.certification.eps,
-            train_eps=self.training.eps,
-            epochs=epochs,
             samples=values.get("samples", 0),
             layer_sparsity=genome.layer_sparsity(),
             timings=timings,
             kstarts=values.get("kstarts"),
-            failure=failure,
-            extra=values.get("extra", {}),
-            total_epochs=request.prior_epochs + epochs,
-            inherited_from=request.inherited_from,
+            **self._setup(request),
         )
+
+    def _failed(self, request: EvaluationRequest, timings: dict[str, float], reason: str,
+                **extra: Any) -> Evaluation:
+        """``request``'s evaluation that failed for ``reason`` (``extra`` goes to the record's extra)."""
+        return Evaluation(FitnessRecord.failed(request.genome, reason, timings=timings, extra=extra,
+                                               **self._setup(request)))
 
     def _guarded(self, request: EvaluationRequest, timings: dict[str, float],
                  work: Callable[[], Evaluation]) -> Evaluation:
@@ -175,18 +184,16 @@ class CandidateEvaluator:
         try:
             return work()
         except TrainingDiverged as exc:
-            return Evaluation(self._record(request, timings, f"training diverged: {exc}; lower training.lr"))
+            return self._failed(request, timings, f"training diverged: {exc}; lower training.lr")
         except VerifierError as exc:
             hint = [a for a in request.genome.all_activation_names() if a in UNCERTIFIABLE_ACTIVATIONS]
             reason = f"activations {hint} cannot be bounded by auto_LiRPA 0.3 here; " if hint else ""
-            return Evaluation(self._record(request, timings, f"{reason}{exc}"))
+            return self._failed(request, timings, f"{reason}{exc}")
         except AutoLirpaMissing:
             raise  # the installation is broken, not the candidate
         except Exception as exc:  # a bad candidate must never kill a search
-            return Evaluation(self._record(
-                request, timings, f"unexpected error: {type(exc).__name__}: {exc}",
-                extra={"traceback": traceback.format_exc()},
-            ))
+            return self._failed(request, timings, f"unexpected error: {type(exc).__name__}: {exc}",
+                                traceback=traceback.format_exc())
 
     def _build(self, request: EvaluationRequest) -> tuple[nn.Module, dict[str, torch.Tensor]]:
         genome = request.genome
@@ -321,8 +328,8 @@ class CandidateEvaluator:
             if gradients is not None:
                 timing["gradients"] = gradient_time
             if outcome.failure is not None:
-                evaluations.append(Evaluation(self._record(
-                    request, timing, f"training diverged: {outcome.failure}; lower training.lr")))
+                evaluations.append(self._failed(
+                    request, timing, f"training diverged: {outcome.failure}; lower training.lr"))
                 continue
             model = built[c][0]
             model.load_state_dict(states[c])

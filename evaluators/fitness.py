@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from certevo.population.genome import Genome
 from certevo.population.sparsity_text import format_sparsity
 
 
@@ -59,6 +60,18 @@ class FitnessRecord:
     def from_dict(cls, data: dict[str, Any]) -> FitnessRecord:
         """Inverse of :meth:`to_dict`."""
         return cls(**data)
+
+    @classmethod
+    def failed(cls, genome: Genome, reason: str, **known: Any) -> FitnessRecord:
+        """The record of ``genome``'s failed evaluation: ``failure`` is ``reason``, the
+        accuracies are 0 and nothing was measured; ``known`` sets the other fields the
+        caller knows (methods, eps, epochs, timings, extra...), the rest stay empty."""
+        empty: dict[str, Any] = {
+            "pgd_accuracy": None, "train_method": "", "certify_method": "", "eps": 0.0, "train_eps": 0.0,
+            "epochs": 0, "samples": 0, "timings": {},
+        }
+        return cls(candidate_id=genome.id, sparsity=genome.sparsity, certified_accuracy=0.0, clean_accuracy=0.0,
+                   layer_sparsity=genome.layer_sparsity(), failure=reason, **{**empty, **known})
 
     def summary(self) -> str:
         """A few readable lines for a terminal."""

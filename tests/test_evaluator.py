@@ -255,6 +255,38 @@ def test_empty_layer_gives_a_failure_record(digits_small, small_mlp):
     assert record.sparsity == Genome(masks, genome.activations).sparsity
 
 
+def test_a_failure_record_says_what_the_candidate_was_evaluated_with(digits_small, small_mlp):
+    # Selection, the journal and the tracker read these fields of failed records too.
+    genome = _sparse(small_mlp, 30)
+    masks = {**genome.masks, "fc1": np.zeros_like(genome.masks["fc1"])}
+    empty = Genome(masks, genome.activations)
+    evaluator = _evaluator(digits_small, small_mlp)
+    record = evaluator.evaluate(empty, epochs=2, prior_epochs=5, inherited_from="parent-1").record
+    assert record.to_dict() == {
+        "candidate_id": empty.id, "sparsity": empty.sparsity, "certified_accuracy": 0.0, "clean_accuracy": 0.0,
+        "pgd_accuracy": None, "train_method": "ibp", "certify_method": "crown", "eps": 0.05, "train_eps": 0.05,
+        "epochs": 2, "samples": 0, "layer_sparsity": empty.layer_sparsity(), "timings": {}, "kstarts": None,
+        "failure": "layers ['fc1'] keep no weight, so no signal passes; lower their sparsity", "extra": {},
+        "total_epochs": 7, "inherited_from": "parent-1",
+    }
+
+
+def test_a_failed_record_built_outside_an_evaluator_has_nothing_measured(small_mlp):
+    # What the pool records for a candidate whose evaluation raised in its actor.
+    genome = _sparse(small_mlp, 37)
+    record = FitnessRecord.failed(genome, "evaluation raised RuntimeError('boom')")
+    assert not record.ok and record.failure == "evaluation raised RuntimeError('boom')"
+    assert record.objectives == (genome.sparsity, 0.0)
+    assert record.to_dict() == {
+        "candidate_id": genome.id, "sparsity": genome.sparsity, "certified_accuracy": 0.0, "clean_accuracy": 0.0,
+        "pgd_accuracy": None, "train_method": "", "certify_method": "", "eps": 0.0, "train_eps": 0.0,
+        "epochs": 0, "samples": 0, "layer_sparsity": genome.layer_sparsity(), "timings": {}, "kstarts": None,
+        "failure": "evaluation raised RuntimeError('boom')", "extra": {}, "total_epochs": None,
+        "inherited_from": None,
+    }
+    assert FitnessRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record
+
+
 def test_diverging_training_gives_a_failure_record(digits_small, small_mlp):
     training = TrainingSettings(method="clean", epochs=2, lr=1e30)
     evaluator = _evaluator(digits_small, small_mlp, training)
