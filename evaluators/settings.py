@@ -6,21 +6,16 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from certevo.population.errors import ConfigError
+from certevo.population.errors import reject
 
 TRAINING_METHODS = ("clean", "pgd", "ibp", "crown-ibp")
 LR_SCHEDULES = ("constant", "cosine")
 CERTIFICATION_METHODS = ("ibp", "crown", "crown-optimized")
 
 
-def _require(ok: bool, field: str, value: Any, rule: str, fix: str) -> None:
-    if not ok:
-        raise ConfigError(f"{field} {rule}; got {value!r}; {fix}")
-
-
 def _positive_int(field: str, value: Any, fix: str) -> None:
-    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, field, value,
-             "must be a positive integer", fix)
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        reject(field, value, "must be a positive integer", fix)
 
 
 def _fraction(field: str, value: Any, fix: str, *, allow_zero: bool = True, allow_one: bool = True) -> None:
@@ -28,7 +23,8 @@ def _fraction(field: str, value: Any, fix: str, *, allow_zero: bool = True, allo
     ok = ok and (value >= 0 if allow_zero else value > 0) and (value <= 1 if allow_one else value < 1)
     low = "[0" if allow_zero else "(0"
     high = "1]" if allow_one else "1)"
-    _require(ok, field, value, f"must be a number in {low}, {high}", fix)
+    if not ok:
+        reject(field, value, f"must be a number in {low}, {high}", fix)
 
 
 @dataclass(frozen=True)
@@ -54,15 +50,17 @@ class TrainingSettings:
     lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.lr_schedule, str) and self.lr_schedule in LR_SCHEDULES, "training.lr_schedule", self.lr_schedule,
-                 "is not a learning-rate schedule", f"use one of {', '.join(LR_SCHEDULES)}")
-        _require(isinstance(self.method, str) and self.method in TRAINING_METHODS, "training.method", self.method,
-                 "is not a training method", f"use one of {', '.join(TRAINING_METHODS)}")
+        if not (isinstance(self.lr_schedule, str) and self.lr_schedule in LR_SCHEDULES):
+            reject("training.lr_schedule", self.lr_schedule,
+                   "is not a learning-rate schedule", f"use one of {', '.join(LR_SCHEDULES)}")
+        if not (isinstance(self.method, str) and self.method in TRAINING_METHODS):
+            reject("training.method", self.method,
+                   "is not a training method", f"use one of {', '.join(TRAINING_METHODS)}")
         _positive_int("training.epochs", self.epochs, "e.g. 20 for a short training")
         _positive_int("training.batch_size", self.batch_size, "e.g. 64")
-        _require(isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
-                 and self.lr > 0,
-                 "training.lr", self.lr, "must be a positive number", "e.g. 0.005")
+        if not (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
+                and self.lr > 0):
+            reject("training.lr", self.lr, "must be a positive number", "e.g. 0.005")
         _fraction("training.eps", self.eps, "eps is measured on pixels in [0, 1], e.g. 0.1")
         _fraction("training.ramp_fraction", self.ramp_fraction, "e.g. 0.5 ramps eps over the first half")
         _fraction("training.kappa_final", self.kappa_final, "e.g. 0.5 (1 means natural loss only)")
@@ -94,8 +92,9 @@ class CertificationSettings:
     alpha_iterations: int = 20
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.method, str) and self.method in CERTIFICATION_METHODS, "certification.method", self.method,
-                 "is not a certification method", f"use one of {', '.join(CERTIFICATION_METHODS)}")
+        if not (isinstance(self.method, str) and self.method in CERTIFICATION_METHODS):
+            reject("certification.method", self.method,
+                   "is not a certification method", f"use one of {', '.join(CERTIFICATION_METHODS)}")
         _fraction("certification.eps", self.eps, "eps is measured on pixels in [0, 1], e.g. 0.1")
         if self.max_samples is not None:
             _positive_int("certification.max_samples", self.max_samples, "or null for the whole validation split")
@@ -104,8 +103,8 @@ class CertificationSettings:
         _positive_int("certification.pgd_restarts", self.pgd_restarts, "e.g. 1")
         _positive_int("certification.alpha_iterations", self.alpha_iterations, "e.g. 20")
         for name in ("ibp_first", "pgd"):
-            _require(isinstance(getattr(self, name), bool), f"certification.{name}", getattr(self, name),
-                     "must be true or false", "e.g. true")
+            if not isinstance(getattr(self, name), bool):
+                reject(f"certification.{name}", getattr(self, name), "must be true or false", "e.g. true")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data."""

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from certevo.evaluators.names import DATASETS, TEMPLATE_KINDS
-from certevo.evaluators.settings import CertificationSettings, TrainingSettings, _fraction, _require
+from certevo.evaluators.settings import CertificationSettings, TrainingSettings, _fraction
+from certevo.population.errors import reject
 
 # The data, model and evaluator modules import torch: imported where a method needs them,
 # so that a configuration is read and checked without torch (e.g. by `certevo inspect`).
@@ -28,24 +29,25 @@ class DataSpec:
     test_fraction: float = 0.2
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.name, str) and self.name in DATASETS, "data.name", self.name, "is not a data set",
-                 f"use one of {', '.join(DATASETS)}")
+        if not (isinstance(self.name, str) and self.name in DATASETS):
+            reject("data.name", self.name, "is not a data set", f"use one of {', '.join(DATASETS)}")
         if self.name == "digits":
-            _require(self.path is None, "data.path", self.path, "must be unset for digits (it is embedded)",
-                     "remove data.path, or set data.name to npz or an MNIST-format name to read files")
-        else:
-            _require(isinstance(self.path, str) and self.path.strip() != "", "data.path", self.path,
-                     f"must name the files of data set {self.name}",
-                     "a directory of IDX files for mnist-format sets, a .npz file for npz (`~` is expanded)")
+            if self.path is not None:
+                reject("data.path", self.path, "must be unset for digits (it is embedded)",
+                       "remove data.path, or set data.name to npz or an MNIST-format name to read files")
+        elif not (isinstance(self.path, str) and self.path.strip() != ""):
+            reject("data.path", self.path, f"must name the files of data set {self.name}",
+                   "a directory of IDX files for mnist-format sets, a .npz file for npz (`~` is expanded)")
         if self.subset is not None:
-            _require(isinstance(self.subset, int) and not isinstance(self.subset, bool) and self.subset > 0,
-                     "data.subset", self.subset, "must be a positive integer or null", "e.g. 1000, or null for all")
-        _require(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0, "data.seed",
-                 self.seed, "must be a non-negative integer", "e.g. 0")
+            if not (isinstance(self.subset, int) and not isinstance(self.subset, bool) and self.subset > 0):
+                reject("data.subset", self.subset, "must be a positive integer or null", "e.g. 1000, or null for all")
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0):
+            reject("data.seed", self.seed, "must be a non-negative integer", "e.g. 0")
         _fraction("data.val_fraction", self.val_fraction, "e.g. 0.2", allow_zero=False, allow_one=False)
         _fraction("data.test_fraction", self.test_fraction, "e.g. 0.2", allow_zero=False, allow_one=False)
-        _require(self.val_fraction + self.test_fraction < 1, "data.val_fraction + data.test_fraction",
-                 self.val_fraction + self.test_fraction, "must be below 1 so training data remains", "e.g. 0.2 each")
+        if not self.val_fraction + self.test_fraction < 1:
+            reject("data.val_fraction + data.test_fraction", self.val_fraction + self.test_fraction,
+                   "must be below 1 so training data remains", "e.g. 0.2 each")
 
     def load(self) -> DatasetSplits:
         """Load and split the data set."""
@@ -64,19 +66,20 @@ class ModelSpec:
     channels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.kind, str) and self.kind in TEMPLATE_KINDS, "model.kind", self.kind,
-                 "is not a model template", f"use one of {', '.join(TEMPLATE_KINDS)}")
+        if not (isinstance(self.kind, str) and self.kind in TEMPLATE_KINDS):
+            reject("model.kind", self.kind, "is not a model template", f"use one of {', '.join(TEMPLATE_KINDS)}")
         for name, example in (("widths", "[64, 64]"), ("channels", "[16, 32]")):
             sizes = getattr(self, name)
             if sizes is None:
                 continue
-            _require(isinstance(sizes, (list, tuple))
-                     and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes)
-                     and (len(sizes) > 0 or (name == "widths" and self.kind == "cnn")),
-                     f"model.{name}", sizes, "must be a list of positive integers (one per layer)",
-                     f"e.g. {example}, or null for the default")
-        _require(self.kind == "cnn" or self.channels is None, "model.channels", self.channels,
-                 "is only for kind: cnn (an mlp has no conv layers)", "remove it, or set model.kind: cnn")
+            if not (isinstance(sizes, (list, tuple))
+                    and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes)
+                    and (len(sizes) > 0 or (name == "widths" and self.kind == "cnn"))):
+                reject(f"model.{name}", sizes, "must be a list of positive integers (one per layer)",
+                       f"e.g. {example}, or null for the default")
+        if not (self.kind == "cnn" or self.channels is None):
+            reject("model.channels", self.channels,
+                   "is only for kind: cnn (an mlp has no conv layers)", "remove it, or set model.kind: cnn")
 
     def template(self, input_shape: tuple[int, ...], num_classes: int):
         """The template for data of this shape."""

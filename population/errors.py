@@ -1,6 +1,9 @@
-"""Exception types shared by every certevo package."""
+"""Exception types shared by every certevo package, and :func:`reject`, which raises the
+ConfigError of a setting that breaks a rule."""
 
 from __future__ import annotations
+
+from typing import Any, NoReturn
 
 
 class CertevoError(Exception):
@@ -24,3 +27,9 @@ class GenomeError(CertevoError, ValueError):
 
 class CheckpointError(CertevoError):
     """A checkpoint or export file is missing, damaged or from something else."""
+
+
+def reject(field: str, value: Any, rule: str, fix: str) -> NoReturn:
+    """Raise ConfigError("<field> <rule>; got <value!r>; <fix>"): the setting ``field``
+    breaks ``rule`` with ``value``, and ``fix`` says what to write instead."""
+    raise ConfigError(f"{field} {rule}; got {value!r}; {fix}")

@@ -20,7 +20,7 @@ import yaml
 from certevo.evaluators.names import DATASETS, DEVICES
 from certevo.evaluators.settings import CertificationSettings, TrainingSettings
 from certevo.evaluators.spec import DataSpec, EvaluationSpec, ModelSpec
-from certevo.population.errors import CertevoError, CheckpointError, ConfigError
+from certevo.population.errors import CertevoError, CheckpointError, ConfigError, reject
 from certevo.population.allocation import ALLOCATIONS
 from certevo.population.genome import KNOWN_ACTIVATIONS
 
@@ -28,10 +28,6 @@ STRATEGIES = ("nsga2", "coevolution")
 INITS = ("kstarts+prune", "kstarts")
 KSTART_SCORES = ("magnitude", "gradient", "combined", "certified")
 EXTRA_OBJECTIVES = ("clean_accuracy", "evaluation_time")
-
-
-def _fail(field_name: str, value: Any, rule: str, fix: str) -> None:
-    raise ConfigError(f"{field_name} {rule}; got {value!r}; {fix}")
 
 
 def _is_int(value: Any) -> bool:
@@ -44,12 +40,12 @@ def _is_number(value: Any) -> bool:
 
 def _choice(field_name: str, value: Any, choices: tuple[str, ...], what: str) -> None:
     if not isinstance(value, str) or value not in choices:
-        _fail(field_name, value, f"is not {what}", f"use one of {', '.join(choices)}")
+        reject(field_name, value, f"is not {what}", f"use one of {', '.join(choices)}")
 
 
 def _str_list(field_name: str, value: Any, example: str) -> None:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        _fail(field_name, value, "must be a list of names", f"e.g. {example}")
+        reject(field_name, value, "must be a list of names", f"e.g. {example}")
 
 
 @dataclass(frozen=True)
@@ -66,25 +62,25 @@ class GenomeSpace:
 
     def __post_init__(self) -> None:
         if not isinstance(self.sparsities, (list, tuple)) or not self.sparsities:
-            _fail("genome.sparsities", self.sparsities, "must list at least one target sparsity", "e.g. [0.5, 0.9, 0.98]")
+            reject("genome.sparsities", self.sparsities, "must list at least one target sparsity", "e.g. [0.5, 0.9, 0.98]")
         for s in self.sparsities:
             if not _is_number(s) or not 0 <= s < 1:
-                _fail("genome.sparsities", list(self.sparsities), "must hold numbers in [0, 1)", "e.g. [0.5, 0.9, 0.98]")
+                reject("genome.sparsities", list(self.sparsities), "must hold numbers in [0, 1)", "e.g. [0.5, 0.9, 0.98]")
         _str_list("genome.activations", self.activations, "[relu, tanh]")
         if not self.activations:
-            _fail("genome.activations", list(self.activations), "must list at least one activation", "e.g. [relu]")
+            reject("genome.activations", list(self.activations), "must list at least one activation", "e.g. [relu]")
         for a in self.activations:
             if a not in KNOWN_ACTIVATIONS:
-                _fail("genome.activations", list(self.activations), f"contains unknown activation {a!r}",
-                      f"use some of {', '.join(KNOWN_ACTIVATIONS)}")
+                reject("genome.activations", list(self.activations), f"contains unknown activation {a!r}",
+                       f"use some of {', '.join(KNOWN_ACTIVATIONS)}")
         _choice("genome.allocation", self.allocation, ALLOCATIONS, "a known allocation")
         if not isinstance(self.per_neuron, bool):
-            _fail("genome.per_neuron", self.per_neuron, "must be true or false",
-                  "true lets every neuron choose its own activation")
+            reject("genome.per_neuron", self.per_neuron, "must be true or false",
+                   "true lets every neuron choose its own activation")
         if not (_is_number(self.min_sparsity) and _is_number(self.max_sparsity)) \
                 or not 0 <= self.min_sparsity < self.max_sparsity < 1:
-            _fail("genome.min_sparsity/max_sparsity", (self.min_sparsity, self.max_sparsity),
-                  "must satisfy 0 <= min_sparsity < max_sparsity < 1", "e.g. 0.3 and 0.995")
+            reject("genome.min_sparsity/max_sparsity", (self.min_sparsity, self.max_sparsity),
+                   "must satisfy 0 <= min_sparsity < max_sparsity < 1", "e.g. 0.3 and 0.995")
 
 
 @dataclass(frozen=True)
@@ -110,7 +106,7 @@ class OperatorRates:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if not _is_number(value) or not 0 <= value <= 1:
-                _fail(f"search.rates.{f.name}", value, "must be a probability in [0, 1]", "e.g. 0.5")
+                reject(f"search.rates.{f.name}", value, "must be a probability in [0, 1]", "e.g. 0.5")
 
 
 @dataclass(frozen=True)
@@ -151,31 +147,31 @@ class SearchSettings:
                               ("islands", 1), ("migration_interval", 1), ("migrants", 1)):
             value = getattr(self, name)
             if not _is_int(value) or value < minimum:
-                _fail(f"search.{name}", value, f"must be an integer >= {minimum}", f"e.g. {max(minimum, 4)}")
+                reject(f"search.{name}", value, f"must be an integer >= {minimum}", f"e.g. {max(minimum, 4)}")
         if self.evaluation_budget is not None and (not _is_int(self.evaluation_budget) or self.evaluation_budget < 1):
-            _fail("search.evaluation_budget", self.evaluation_budget, "must be a positive integer or null",
-                  "e.g. 100, or null to stop after search.generations")
+            reject("search.evaluation_budget", self.evaluation_budget, "must be a positive integer or null",
+                   "e.g. 100, or null to stop after search.generations")
         _choice("search.init", self.init, INITS, "a way to start a search")
         if not isinstance(self.weight_inheritance, bool):
-            _fail("search.weight_inheritance", self.weight_inheritance, "must be true or false",
-                  "true: children start from their parent's trained weights")
+            reject("search.weight_inheritance", self.weight_inheritance, "must be true or false",
+                   "true: children start from their parent's trained weights")
         if self.init == "kstarts+prune" and not self.weight_inheritance:
-            _fail("search.init", self.init, "prunes trained K-start weights, so it needs search.weight_inheritance: true",
-                  "set search.weight_inheritance: true, or use search.init: kstarts")
+            reject("search.init", self.init, "prunes trained K-start weights, so it needs search.weight_inheritance: true",
+                   "set search.weight_inheritance: true, or use search.init: kstarts")
         if not isinstance(self.level_champions, bool):
-            _fail("search.level_champions", self.level_champions, "must be true or false",
-                  "true keeps the best candidate of every target-sparsity band alive")
+            reject("search.level_champions", self.level_champions, "must be true or false",
+                   "true keeps the best candidate of every target-sparsity band alive")
         _choice("search.kstarts_score", self.kstarts_score, KSTART_SCORES, "a K-starts score")
         _str_list("search.extra_objectives", self.extra_objectives, "[clean_accuracy]")
         for objective in self.extra_objectives:
             if objective not in EXTRA_OBJECTIVES:
-                _fail("search.extra_objectives", list(self.extra_objectives), f"contains unknown objective {objective!r}",
-                      f"use some of {', '.join(EXTRA_OBJECTIVES)}")
+                reject("search.extra_objectives", list(self.extra_objectives), f"contains unknown objective {objective!r}",
+                       f"use some of {', '.join(EXTRA_OBJECTIVES)}")
         if not _is_int(self.seed) or self.seed < 0:
-            _fail("search.seed", self.seed, "must be a non-negative integer", "e.g. 0")
+            reject("search.seed", self.seed, "must be a non-negative integer", "e.g. 0")
         if self.islands > 1 and self.migrants >= self.population_size:
-            _fail("search.migrants", self.migrants, f"must be below search.population_size ({self.population_size})",
-                  f"e.g. {max(1, self.population_size // 4)}")
+            reject("search.migrants", self.migrants, f"must be below search.population_size ({self.population_size})",
+                   f"e.g. {max(1, self.population_size // 4)}")
 
 
 @dataclass(frozen=True)
@@ -196,21 +192,21 @@ class ClusterSettings:
 
     def __post_init__(self) -> None:
         if self.address is not None and (not isinstance(self.address, str) or not self.address.strip()):
-            _fail("cluster.address", self.address, "must be a Ray address or null",
-                  "e.g. auto, HOST:PORT or ray://HOST:10001; null starts a local Ray")
+            reject("cluster.address", self.address, "must be a Ray address or null",
+                   "e.g. auto, HOST:PORT or ray://HOST:10001; null starts a local Ray")
         if self.device is not None and (not isinstance(self.device, str) or self.device not in DEVICES):
-            _fail("cluster.device", self.device, "is not a device", f"use one of {', '.join(DEVICES)}, or null to pick cuda when Ray sees a GPU")
+            reject("cluster.device", self.device, "is not a device", f"use one of {', '.join(DEVICES)}, or null to pick cuda when Ray sees a GPU")
         if isinstance(self.gpus_per_actor, bool) or not isinstance(self.gpus_per_actor, (int, float)) or not 0 < self.gpus_per_actor <= 8:
-            _fail("cluster.gpus_per_actor", self.gpus_per_actor, "must be a number in (0, 8]", "e.g. 1, or 0.25 for four actors per GPU")
+            reject("cluster.gpus_per_actor", self.gpus_per_actor, "must be a number in (0, 8]", "e.g. 1, or 0.25 for four actors per GPU")
         if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1):
-            _fail("cluster.batch_size", self.batch_size, "must be a positive integer or null", "null picks 16 on cpu and 128 on cuda")
+            reject("cluster.batch_size", self.batch_size, "must be a positive integer or null", "null picks 16 on cpu and 128 on cuda")
         if self.island_actors is not None and not isinstance(self.island_actors, bool):
-            _fail("cluster.island_actors", self.island_actors, "must be true, false or null",
-                  "null hosts islands in actors only when search.islands > 1")
+            reject("cluster.island_actors", self.island_actors, "must be true, false or null",
+                   "null hosts islands in actors only when search.islands > 1")
         if self.actors is not None and (not _is_int(self.actors) or self.actors < 1):
-            _fail("cluster.actors", self.actors, "must be a positive integer or null", "null uses every CPU Ray offers")
+            reject("cluster.actors", self.actors, "must be a positive integer or null", "null uses every CPU Ray offers")
         if not _is_int(self.cpus_per_actor) or self.cpus_per_actor < 1:
-            _fail("cluster.cpus_per_actor", self.cpus_per_actor, "must be a positive integer", "e.g. 1")
+            reject("cluster.cpus_per_actor", self.cpus_per_actor, "must be a positive integer", "e.g. 1")
 
 
 @dataclass(frozen=True)
@@ -228,7 +224,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.data.name, str) or self.data.name not in DATASETS:
-            _fail("data.name", self.data.name, "is not a data set", f"use one of {', '.join(DATASETS)}")
+            reject("data.name", self.data.name, "is not a data set", f"use one of {', '.join(DATASETS)}")
 
     def evaluation_spec(self) -> EvaluationSpec:
         """What every evaluator actor is built from."""
@@ -261,12 +257,12 @@ def _build(cls: type, values: Any, path: str, defaults: Any = None) -> Any:
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        _fail(path, values, "must be a mapping of settings", f"write it as `{path}: {{key: value}}`")
+        reject(path, values, "must be a mapping of settings", f"write it as `{path}: {{key: value}}`")
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.name.startswith("_")}
     unknown = sorted(set(values) - set(fields), key=str)
     if unknown:
-        _fail(f"{path}.{unknown[0]}", values[unknown[0]], "is not a known setting",
-              f"the settings of {path} are: {', '.join(fields)}")
+        reject(f"{path}.{unknown[0]}", values[unknown[0]], "is not a known setting",
+               f"the settings of {path} are: {', '.join(fields)}")
     kwargs = {}
     for name, value in values.items():
         if name == "rates" and cls is SearchSettings:
@@ -285,13 +281,13 @@ def _build(cls: type, values: Any, path: str, defaults: Any = None) -> Any:
 def config_from_dict(values: dict[str, Any] | None) -> SearchConfig:
     """Validate a plain mapping (e.g. parsed YAML) into a SearchConfig."""
     if values is not None and not isinstance(values, dict):
-        _fail("the configuration", values, "must be a mapping of sections (data, model, search...)",
-              "write it as `section: {key: value}`, e.g. `search: {generations: 4}`")
+        reject("the configuration", values, "must be a mapping of sections (data, model, search...)",
+               "write it as `section: {key: value}`, e.g. `search: {generations: 4}`")
     values = dict(values or {})
     unknown = sorted(set(values) - set(_SECTIONS) - {"run_dir"}, key=str)
     if unknown:
-        _fail(unknown[0], values[unknown[0]], "is not a known section",
-              f"the sections are: {', '.join([*_SECTIONS, 'run_dir'])}")
+        reject(unknown[0], values[unknown[0]], "is not a known section",
+               f"the sections are: {', '.join([*_SECTIONS, 'run_dir'])}")
     default = SearchConfig()
     kwargs: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
@@ -299,7 +295,7 @@ def config_from_dict(values: dict[str, Any] | None) -> SearchConfig:
             kwargs[name] = _build(cls, values[name], name, getattr(default, name))
     if "run_dir" in values:
         if not isinstance(values["run_dir"], str) or not values["run_dir"]:
-            _fail("run_dir", values["run_dir"], "must be a directory path", "e.g. runs/my-search")
+            reject("run_dir", values["run_dir"], "must be a directory path", "e.g. runs/my-search")
         kwargs["run_dir"] = values["run_dir"]
     return dataclasses.replace(default, **kwargs)
 
@@ -330,14 +326,14 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     values = json.loads(json.dumps(values or {}))
     for item in overrides:
         if "=" not in item:
-            _fail("--set", item, "must look like key=value", "e.g. --set search.generations=4")
+            reject("--set", item, "must look like key=value", "e.g. --set search.generations=4")
         key, text = item.split("=", 1)
         node = values
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                _fail("--set", item, f"goes through {part!r}, which is not a section", "check the key path")
+                reject("--set", item, f"goes through {part!r}, which is not a section", "check the key path")
         node[parts[-1]] = _parse_scalar(text)
     return values
 
@@ -386,8 +382,3 @@ def read_run_config(config_path: str | Path) -> SearchConfig:
         return config_from_dict(values)
     except ConfigError as exc:
         raise CheckpointError(f"{config_path}: {exc} ({fix})") from exc
-
-
-def finite(value: float) -> bool:
-    """True for a finite number."""
-    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -101,3 +101,26 @@ def test_pruned_starts_need_inheritance():
     config = load_config(None, ["search.weight_inheritance=false", "search.init=kstarts"])
     assert not config.search.weight_inheritance
     assert load_config(None).search.weight_inheritance and load_config(None).search.init == "kstarts+prune"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        # checked by evaluators/settings.py
+        ("training.lr=0", "training.lr must be a positive number; got 0; e.g. 0.005"),
+        ("certification.pgd=maybe", "certification.pgd must be true or false; got 'maybe'; e.g. true"),
+        # checked by evaluators/spec.py
+        ("data.subset=0", "data.subset must be a positive integer or null; got 0; e.g. 1000, or null for all"),
+        ("model.kind=rnn", "model.kind is not a model template; got 'rnn'; use one of mlp, cnn"),
+        ("data.path=x", "data.path must be unset for digits (it is embedded); got 'x'; remove data.path, "
+                        "or set data.name to npz or an MNIST-format name to read files"),
+        # checked by search/config.py
+        ("search.seed=-1", "search.seed must be a non-negative integer; got -1; e.g. 0"),
+        ("cluster.cpus_per_actor=0", "cluster.cpus_per_actor must be a positive integer; got 0; e.g. 1"),
+    ],
+)
+def test_every_section_words_a_bad_setting_alike(override, message):
+    # One rule for every section: "<field> <rule>; got <value>; <fix>".
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == message
