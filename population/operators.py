@@ -23,7 +23,7 @@ import numpy as np
 
 from certevo.population.errors import ConfigError, GenomeError
 from certevo.population.allocation import layer_kept_counts
-from certevo.population.genome import KNOWN_ACTIVATIONS, Genome, random_genome
+from certevo.population.genome import KNOWN_ACTIVATIONS, Genome
 
 DROP_CRITERIA: tuple[str, ...] = ("random", "magnitude", "gradient")
 GROW_CRITERIA: tuple[str, ...] = ("random", "gradient")
@@ -36,7 +36,6 @@ __all__ = [
     "mutate_activation",
     "mutate_density",
     "prune_regrow",
-    "random_sparse_genome",
 ]
 
 
@@ -160,21 +159,6 @@ def _check_probability(name: str, value: float, *, zero_ok: bool) -> float:
 
 
 # --------------------------------------------------------------------------- operators
-
-
-def random_sparse_genome(
-    layer_shapes: Mapping[str, Sequence[int]],
-    activations: Sequence[str],
-    sparsity: float,
-    rng: np.random.Generator,
-) -> Genome:
-    """A genome pruned uniformly at random to ``sparsity`` in every layer.
-
-    Draws, per layer in order: one ``rng.choice`` of the kept positions (without
-    replacement). Each layer keeps its share of the most weights that still meet
-    ``sparsity`` (certevo.population.allocation, ``uniform``): the genome is never less sparse.
-    """
-    return random_genome(layer_shapes, activations, sparsity, rng)
 
 
 def prune_regrow(

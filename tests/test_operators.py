@@ -8,14 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certevo.population.errors import ConfigError, GenomeError
-from certevo.population.genome import ACTIVATIONS, Genome, dense_genome
+from certevo.population.genome import Genome, dense_genome
 from certevo.population.operators import (
     crossover_layerwise,
     crossover_uniform,
     mutate_activation,
     mutate_density,
     prune_regrow,
-    random_sparse_genome,
 )
 
 FAST = settings(max_examples=60, deadline=None)
@@ -256,17 +255,3 @@ def test_mutate_activation_needs_two_allowed():
         mutate_activation(genome, np.random.default_rng(0), ["relu"])
     with pytest.raises(ConfigError, match="unknown"):
         mutate_activation(genome, np.random.default_rng(0), ["relu", "swish"])
-
-
-# --------------------------------------------------------------------------- init
-
-
-@FAST
-@given(architectures(), st.floats(0.0, 0.99), seeds)
-def test_random_sparse_genome_exact_counts(shapes, sparsity, seed):
-    genome = random_sparse_genome(shapes, ["relu"] * (len(shapes) - 1), sparsity, np.random.default_rng(seed))
-    assert_meets_target(genome, sparsity)
-    share = uniform_share(genome, sparsity)
-    for name, mask in genome.masks.items():
-        assert abs(int(mask.sum()) - share[name]) < 1 or int(mask.sum()) == 1
-    assert set(ACTIVATIONS) >= set(genome.activations)
