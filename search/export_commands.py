@@ -1,4 +1,4 @@
-"""What ``certevo export`` and ``certevo train-final`` do, as plain functions.
+"""What ``certevo export`` and ``certevo train`` do, as plain functions.
 
 A run directory (written by :class:`certevo.search.loop.Search`) holds ``config.yaml`` and
 ``checkpoint/`` (a :class:`~certevo.population.checkpoint.CheckpointStore`). Exporting reads the
@@ -80,7 +80,7 @@ def _front(state: SearchState) -> list[Candidate]:
     if not front:
         raise ConfigError(
             f"the run has no successfully evaluated candidate ({len(state.archive)} evaluations, all failed); "
-            "nothing to export; check the failures with `certevo show` and start a new search"
+            "nothing to export; list the failures with `certevo inspect RUN_DIR` and start a new search"
         )
     return front
 
