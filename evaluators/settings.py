@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from certevo.population.errors import reject
+from certevo.population.errors import check_choice, reject
 
 TRAINING_METHODS = ("clean", "pgd", "ibp", "crown-ibp")
 LR_SCHEDULES = ("constant", "cosine")
@@ -50,12 +50,8 @@ class TrainingSettings:
     lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.lr_schedule, str) and self.lr_schedule in LR_SCHEDULES):
-            reject("training.lr_schedule", self.lr_schedule,
-                   "is not a learning-rate schedule", f"use one of {', '.join(LR_SCHEDULES)}")
-        if not (isinstance(self.method, str) and self.method in TRAINING_METHODS):
-            reject("training.method", self.method,
-                   "is not a training method", f"use one of {', '.join(TRAINING_METHODS)}")
+        check_choice("training.lr_schedule", self.lr_schedule, LR_SCHEDULES, "a learning-rate schedule")
+        check_choice("training.method", self.method, TRAINING_METHODS, "a training method")
         _positive_int("training.epochs", self.epochs, "e.g. 20 for a short training")
         _positive_int("training.batch_size", self.batch_size, "e.g. 64")
         if not (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
@@ -92,9 +88,7 @@ class CertificationSettings:
     alpha_iterations: int = 20
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.method, str) and self.method in CERTIFICATION_METHODS):
-            reject("certification.method", self.method,
-                   "is not a certification method", f"use one of {', '.join(CERTIFICATION_METHODS)}")
+        check_choice("certification.method", self.method, CERTIFICATION_METHODS, "a certification method")
         _fraction("certification.eps", self.eps, "eps is measured on pixels in [0, 1], e.g. 0.1")
         if self.max_samples is not None:
             _positive_int("certification.max_samples", self.max_samples, "or null for the whole validation split")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from certevo.evaluators.names import DATASETS, TEMPLATE_KINDS
 from certevo.evaluators.settings import CertificationSettings, TrainingSettings, _fraction
-from certevo.population.errors import reject
+from certevo.population.errors import check_choice, reject
 
 # The data, model and evaluator modules import torch: imported where a method needs them,
 # so that a configuration is read and checked without torch (e.g. by `certevo inspect`).
@@ -29,8 +29,7 @@ class DataSpec:
     test_fraction: float = 0.2
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.name, str) and self.name in DATASETS):
-            reject("data.name", self.name, "is not a data set", f"use one of {', '.join(DATASETS)}")
+        check_choice("data.name", self.name, DATASETS, "a data set")
         if self.name == "digits":
             if self.path is not None:
                 reject("data.path", self.path, "must be unset for digits (it is embedded)",
@@ -66,8 +65,7 @@ class ModelSpec:
     channels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.kind, str) and self.kind in TEMPLATE_KINDS):
-            reject("model.kind", self.kind, "is not a model template", f"use one of {', '.join(TEMPLATE_KINDS)}")
+        check_choice("model.kind", self.kind, TEMPLATE_KINDS, "a model template")
         for name, example in (("widths", "[64, 64]"), ("channels", "[16, 32]")):
             sizes = getattr(self, name)
             if sizes is None:

@@ -1,8 +1,9 @@
-"""Exception types shared by every certevo package, and :func:`reject`, which raises the
-ConfigError of a setting that breaks a rule."""
+"""Exception types shared by every certevo package, and :func:`reject` /
+:func:`check_choice`, which raise the ConfigError of a setting that breaks a rule."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 
@@ -33,3 +34,9 @@ def reject(field: str, value: Any, rule: str, fix: str) -> NoReturn:
     """Raise ConfigError("<field> <rule>; got <value!r>; <fix>"): the setting ``field``
     breaks ``rule`` with ``value``, and ``fix`` says what to write instead."""
     raise ConfigError(f"{field} {rule}; got {value!r}; {fix}")
+
+
+def check_choice(field: str, value: Any, choices: Sequence[str], what: str) -> None:
+    """:func:`reject` ``value`` unless it is one of ``choices`` (``what`` names what one is)."""
+    if not isinstance(value, str) or value not in choices:
+        reject(field, value, f"is not {what}", f"use one of {', '.join(choices)}")

@@ -20,7 +20,7 @@ import yaml
 from certevo.evaluators.names import DATASETS, DEVICES
 from certevo.evaluators.settings import CertificationSettings, TrainingSettings
 from certevo.evaluators.spec import DataSpec, EvaluationSpec, ModelSpec
-from certevo.population.errors import CertevoError, CheckpointError, ConfigError, reject
+from certevo.population.errors import CertevoError, CheckpointError, ConfigError, check_choice, reject
 from certevo.population.allocation import ALLOCATIONS
 from certevo.population.genome import KNOWN_ACTIVATIONS
 
@@ -36,11 +36,6 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _choice(field_name: str, value: Any, choices: tuple[str, ...], what: str) -> None:
-    if not isinstance(value, str) or value not in choices:
-        reject(field_name, value, f"is not {what}", f"use one of {', '.join(choices)}")
 
 
 def _str_list(field_name: str, value: Any, example: str) -> None:
@@ -73,7 +68,7 @@ class GenomeSpace:
             if a not in KNOWN_ACTIVATIONS:
                 reject("genome.activations", list(self.activations), f"contains unknown activation {a!r}",
                        f"use some of {', '.join(KNOWN_ACTIVATIONS)}")
-        _choice("genome.allocation", self.allocation, ALLOCATIONS, "a known allocation")
+        check_choice("genome.allocation", self.allocation, ALLOCATIONS, "a known allocation")
         if not isinstance(self.per_neuron, bool):
             reject("genome.per_neuron", self.per_neuron, "must be true or false",
                    "true lets every neuron choose its own activation")
@@ -142,7 +137,7 @@ class SearchSettings:
     migrants: int = 2
 
     def __post_init__(self) -> None:
-        _choice("search.strategy", self.strategy, STRATEGIES, "a strategy")
+        check_choice("search.strategy", self.strategy, STRATEGIES, "a strategy")
         for name, minimum in (("population_size", 2), ("generations", 0), ("kstarts", 1), ("inherit_epochs", 1),
                               ("islands", 1), ("migration_interval", 1), ("migrants", 1)):
             value = getattr(self, name)
@@ -151,7 +146,7 @@ class SearchSettings:
         if self.evaluation_budget is not None and (not _is_int(self.evaluation_budget) or self.evaluation_budget < 1):
             reject("search.evaluation_budget", self.evaluation_budget, "must be a positive integer or null",
                    "e.g. 100, or null to stop after search.generations")
-        _choice("search.init", self.init, INITS, "a way to start a search")
+        check_choice("search.init", self.init, INITS, "a way to start a search")
         if not isinstance(self.weight_inheritance, bool):
             reject("search.weight_inheritance", self.weight_inheritance, "must be true or false",
                    "true: children start from their parent's trained weights")
@@ -161,7 +156,7 @@ class SearchSettings:
         if not isinstance(self.level_champions, bool):
             reject("search.level_champions", self.level_champions, "must be true or false",
                    "true keeps the best candidate of every target-sparsity band alive")
-        _choice("search.kstarts_score", self.kstarts_score, KSTART_SCORES, "a K-starts score")
+        check_choice("search.kstarts_score", self.kstarts_score, KSTART_SCORES, "a K-starts score")
         _str_list("search.extra_objectives", self.extra_objectives, "[clean_accuracy]")
         for objective in self.extra_objectives:
             if objective not in EXTRA_OBJECTIVES:
@@ -223,8 +218,7 @@ class SearchConfig:
     run_dir: str = "runs/default"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.data.name, str) or self.data.name not in DATASETS:
-            reject("data.name", self.data.name, "is not a data set", f"use one of {', '.join(DATASETS)}")
+        check_choice("data.name", self.data.name, DATASETS, "a data set")
 
     def evaluation_spec(self) -> EvaluationSpec:
         """What every evaluator actor is built from."""
