@@ -69,7 +69,7 @@ class Faults:
 
 def node_loss(run_dir: Path) -> dict:
     from certevo.search.loop import Search
-    from test_search import archive_view, front_view, tiny
+    from conftest import archive_view, front_view, tiny
 
     cluster = start_cluster()
     try:

@@ -13,16 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import tiny_config
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY_CONFIG = {
-    "data": {"subset": 300},
-    "model": {"widths": [16, 16]},
-    "training": {"epochs": 2, "batch_size": 32, "eps": 0.05},
-    "certification": {"eps": 0.05},
-    "genome": {"sparsities": [0.5, 0.9]},
-    "search": {"population_size": 4, "generations": 2, "kstarts": 2, "inherit_epochs": 1},
-    "cluster": {"actors": 2},
-}
 
 
 def certevo_exe() -> str:
@@ -40,7 +33,7 @@ def run(*args: str, timeout: float = 600, cwd: Path = ROOT) -> subprocess.Comple
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY_CONFIG))
+    path.write_text(yaml.safe_dump(tiny_config("search.generations=2")))
     return path
 
 

@@ -19,13 +19,12 @@ import yaml
 from PIL import Image
 
 from certevo.search.command_hint import certevo_program, command_hint
-from test_cli import TINY_CONFIG
+from conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 CERTEVO = VENV_BIN / "certevo"
-TINY = TINY_CONFIG
-#: 300 digits, 20 % of them for validation; eps from TINY; CROWN is the default method
+#: 300 digits, 20 % of them for validation; eps from the tiny config; CROWN is the default method
 CAPTION = "certified accuracy: digits, 60 validation samples, eps 0.05 (L-inf), CROWN"
 
 
@@ -43,7 +42,7 @@ def launch(tmp_path_factory):
     if not CERTEVO.is_file():
         pytest.skip(f"the certevo console script is not installed next to {sys.executable}; run `make test`")
     home = tmp_path_factory.mktemp("first-hour")
-    (home / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    (home / "tiny.yaml").write_text(yaml.safe_dump(tiny_config("search.generations=2")))
     log_path = home / "search.log"
     env = new_shell_env()
     assert subprocess.run(["bash", "-c", "command -v certevo"], env=env, capture_output=True).returncode != 0, \

@@ -23,12 +23,10 @@ from certevo.search.config import _SECTIONS, SearchConfig, config_from_dict, loa
 from certevo.search.inspect_run import load_run
 from certevo.search.loop import Search
 
+from conftest import tiny
 from tests.test_data import write_pair
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-TINY = ["data.subset=300", "model.widths=[16,16]", "training.epochs=1", "training.batch_size=32",
-        "certification.eps=0.05", "training.eps=0.05", "search.population_size=4", "search.generations=1",
-        "search.kstarts=1", "search.inherit_epochs=1", "genome.sparsities=[0.5,0.9]", "cluster.actors=2"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -338,7 +336,7 @@ def test_damaged_run_config_yaml(capsys, tmp_path, content, problem):
 def finished(ray_session, tmp_path_factory) -> Path:
     """A tiny search that ran to generation 1."""
     run_dir = tmp_path_factory.mktemp("inputs") / "run"
-    Search.create(load_config(None, TINY), run_dir).run()
+    Search.create(tiny("training.epochs=1", "search.generations=1", "search.kstarts=1"), run_dir).run()
     return run_dir
 
 

@@ -9,7 +9,7 @@ import ray
 
 from certevo.search.island_model import offspring_counts
 from certevo.search.loop import Search
-from test_search import archive_view, front_view, tiny
+from conftest import archive_view, front_view, tiny
 
 ISLANDS = ["search.islands=2", "search.migration_interval=1", "search.migrants=1", "search.generations=2"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_search import TINY
+from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "tests" / "multinode_scenarios.py"

@@ -13,13 +13,10 @@ import re
 import pytest
 from rich.console import Console
 
-from certevo.search.config import load_config
 from certevo.search.loop import Search
 from certevo.search.progress import ConsoleProgress
+from conftest import tiny
 
-TINY = ["data.subset=300", "model.widths=[16,16]", "training.epochs=2", "training.batch_size=32",
-        "certification.eps=0.05", "training.eps=0.05", "search.population_size=4", "search.generations=2",
-        "search.kstarts=2", "search.inherit_epochs=1", "genome.sparsities=[0.5,0.9]", "cluster.actors=2"]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 COUNT_AND_TIME_LEFT = re.compile(r"\d+/\d+ +(\d+:\d\d:\d\d|-:--:--)")
 
@@ -48,7 +45,7 @@ def watched(ray_session, tmp_path_factory):
         ConsoleProgress(Console(file=streams["log"], width=80)),  # a StringIO is not a terminal
     ]
     snapshots = Snapshots(streams)
-    search = Search.create(load_config(None, TINY), tmp_path_factory.mktemp("progress") / "run",
+    search = Search.create(tiny("search.generations=2"), tmp_path_factory.mktemp("progress") / "run",
                            [*observers, snapshots])
     search.run()
     return search, {k: s.getvalue() for k, s in streams.items()}, snapshots

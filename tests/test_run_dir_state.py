@@ -22,13 +22,12 @@ import pytest
 import yaml
 
 from certevo.population.errors import CheckpointError
-from certevo.search.config import load_config
 from certevo.search.loop import Search
-from test_search import TINY as SEARCH_TINY
+from conftest import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 # The search tests' tiny search, certified by IBP alone and one generation long.
-TINY = [*SEARCH_TINY, "certification.method=ibp", "search.generations=1"]
+RUN = ("certification.method=ibp", "search.generations=1")
 
 
 def certevo(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -49,7 +48,7 @@ def base_run(ray_session, tmp_path_factory) -> Path:
 
     address = ray.get_runtime_context().gcs_address
     run_dir = tmp_path_factory.mktemp("base") / "run"
-    Search.create(load_config(None, TINY + [f"cluster.address={address}"]), run_dir, [MlflowTracker()]).run()
+    Search.create(tiny(*RUN, f"cluster.address={address}"), run_dir, [MlflowTracker()]).run()
     return run_dir
 
 

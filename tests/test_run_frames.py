@@ -10,20 +10,17 @@ from pathlib import Path
 import pytest
 
 from certevo.population.errors import CheckpointError
-from certevo.search.config import load_config
 from certevo.search.inspect_run import load_run
 from certevo.search.loop import Search
+from conftest import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.subset=300", "model.widths=[16,16]", "training.epochs=2", "training.batch_size=32",
-        "certification.eps=0.05", "training.eps=0.05", "search.population_size=4", "search.generations=2",
-        "search.kstarts=2", "genome.sparsities=[0.5,0.9]", "cluster.actors=2", "search.inherit_epochs=1"]
 
 
 @pytest.fixture(scope="module")
 def run_dir(ray_session, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("frames") / "run"
-    Search.create(load_config(None, TINY), path).run()
+    Search.create(tiny("search.generations=2"), path).run()
     return path
 
 

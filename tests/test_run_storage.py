@@ -15,17 +15,12 @@ import yaml
 
 from certevo.population.errors import CheckpointError, ConfigError
 from certevo.search.run_storage import RunStorage, is_remote, staging_dir
+from conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_CONFIG = {
-    "data": {"subset": 300},
-    "model": {"widths": [16, 16]},
-    "training": {"epochs": 2, "batch_size": 32, "eps": 0.05},
-    "certification": {"eps": 0.05, "method": "ibp"},  # the cheapest real certification: these tests are about storage
-    "genome": {"sparsities": [0.5, 0.9]},
-    "search": {"population_size": 4, "generations": 2, "kstarts": 2},
-    "cluster": {"actors": 2},
-}
+# The tiny search, 2 generations, children trained 5 epochs (the default), certified with IBP:
+# the cheapest real certification, as these tests are about storage.
+RUN = ("search.generations=2", "search.inherit_epochs=5", "certification.method=ibp")
 
 
 @pytest.fixture
@@ -129,7 +124,7 @@ def test_sync_uploads_changes_only_and_deletes_only_what_it_synced(memory_uri, t
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY_CONFIG))
+    path.write_text(yaml.safe_dump(tiny_config(*RUN)))
     return path
 
 

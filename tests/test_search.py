@@ -16,38 +16,10 @@ import ray
 
 from certevo.population.errors import CheckpointError, ConfigError
 from certevo.population.selection import hypervolume_2d
-from certevo.search.config import load_config
 from certevo.search.loop import Search
+from conftest import TINY, archive_view, front_view, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-
-TINY = [
-    "data.subset=300",
-    "model.widths=[16,16]",
-    "training.epochs=2",
-    "training.batch_size=32",
-    "certification.eps=0.05",
-    "training.eps=0.05",
-    "search.population_size=4",
-    "search.generations=3",
-    "search.kstarts=2",
-    "search.inherit_epochs=1",
-    "genome.sparsities=[0.5,0.9]",
-    "cluster.actors=2",
-]
-
-
-def tiny(*extra: str):
-    return load_config(None, TINY + list(extra))
-
-
-def archive_view(search_or_state) -> list[tuple[str, float, float]]:
-    state = getattr(search_or_state, "state", search_or_state)
-    return [(cid, c.record.sparsity, c.record.certified_accuracy) for cid, c in state.archive.items()]
-
-
-def front_view(state) -> list[tuple[str, float, float]]:
-    return sorted((c.id, c.record.sparsity, c.record.certified_accuracy) for c in state.front())
 
 
 @pytest.fixture(scope="module")

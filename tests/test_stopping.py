@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cli import ROOT, TINY_CONFIG, certevo_exe, run
+from conftest import tiny_config
+from test_cli import ROOT, certevo_exe, run
 
 from certevo.evaluators.device import cuda_available
 
@@ -51,7 +52,7 @@ def _parent_runs(tracking_uri: str):
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY_CONFIG))
+    path.write_text(yaml.safe_dump(tiny_config("search.generations=2")))
     return path
 
 

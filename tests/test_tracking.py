@@ -23,30 +23,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from certevo.population.genome import Genome
-from certevo.search.config import load_config
 from certevo.search.loop import Search
 from certevo.search.tracking import RUN_FILE, MlflowTracker, TrackingWarning, flatten_config, git_commit
+from conftest import tiny
 
 GENERATIONS = 2
-TINY = [
-    "data.subset=300",
-    "model.widths=[16,16]",
-    "training.epochs=2",
-    "training.batch_size=32",
-    "certification.eps=0.05",
-    "training.eps=0.05",
-    "search.population_size=4",
-    f"search.generations={GENERATIONS}",
-    "search.kstarts=2",
-    "genome.sparsities=[0.5,0.9]",
-    "cluster.actors=2",
-]
+#: The tiny search, GENERATIONS long, children trained 5 epochs (the default).
+TRACKED = (f"search.generations={GENERATIONS}", "search.inherit_epochs=5")
 MLFLOW = Path(sys.executable).with_name("mlflow")
 FINAL_FILES = {"front.png", "front.html", "front.json", "lineage.csv", "lineage.png", "history.png"}
-
-
-def tiny(*extra: str):
-    return load_config(None, TINY + list(extra))
 
 
 @dataclass
@@ -272,7 +257,7 @@ def check_local_artifacts(run_dir: Path, generations: int = GENERATIONS) -> None
 @pytest.fixture(scope="module")
 def sqlite_run(ray_session, tmp_path_factory) -> Tracked:
     tracker = MlflowTracker()
-    search = Search.create(tiny(), tmp_path_factory.mktemp("sqlite") / "run", [tracker])
+    search = Search.create(tiny(*TRACKED), tmp_path_factory.mktemp("sqlite") / "run", [tracker])
     return run_tracked(search, tracker)
 
 
@@ -350,7 +335,7 @@ def test_child_runs_are_created_during_the_search_not_at_the_end(ray_session, tm
     generation by generation), so on_end only waits for the last generation's work."""
     tracker = MlflowTracker()
     probe = ChildRunProbe(tracker)
-    tracked = run_tracked(Search.create(tiny("search.generations=1"), tmp_path / "run", [probe, tracker]), tracker)
+    tracked = run_tracked(Search.create(tiny(*TRACKED, "search.generations=1"), tmp_path / "run", [probe, tracker]), tracker)
     assert not probe.tracker_ended_before
     assert probe.expected and probe.seen == probe.expected  # before the tracker's on_end ran
     assert probe.expected == {c.id for c in tracked.search.state.front()}
@@ -360,7 +345,7 @@ def test_child_runs_are_created_during_the_search_not_at_the_end(ray_session, tm
 def test_resume_reopens_the_same_parent_run(ray_session, tmp_path):
     run_dir = tmp_path / "resumed"
     first = MlflowTracker()
-    run_tracked(Search.create(tiny("search.generations=1"), run_dir, [first]), first)
+    run_tracked(Search.create(tiny(*TRACKED, "search.generations=1"), run_dir, [first]), first)
     second = MlflowTracker()
     resumed = Search.resume(run_dir, generations=GENERATIONS, observers=[second])
     run_tracked(resumed, second)
@@ -410,7 +395,7 @@ def test_tracked_search_logs_to_a_real_server(ray_session, mlflow_server, tmp_pa
     mlflow_server.ensure_up()
     tracker = MlflowTracker(mlflow_server.uri, experiment_name="certevo-server")
     probe = EnvProbe()
-    tracked = run_tracked(Search.create(tiny(), tmp_path / "run", [tracker, probe]), tracker)
+    tracked = run_tracked(Search.create(tiny(*TRACKED), tmp_path / "run", [tracker, probe]), tracker)
     assert tracker.unlogged == []
     check_logged(MlflowClient(mlflow_server.uri), tracked, tmp_path)
     # fast failure settings applied while the search ran, and only then
@@ -429,7 +414,7 @@ def test_server_restarted_before_the_end_receives_the_backlog(ray_session, mlflo
     mlflow_server.ensure_up()
     outage = Outage(mlflow_server, after=1, restart_at_end=True)
     tracker = MlflowTracker(mlflow_server.uri, experiment_name="certevo-outage", end_timeout=30)
-    tracked = run_tracked(Search.create(tiny(), tmp_path / "run", [outage, tracker]), tracker)
+    tracked = run_tracked(Search.create(tiny(*TRACKED), tmp_path / "run", [outage, tracker]), tracker)
     assert outage.killed_at == 1
     assert tracker.unlogged == []
     client = MlflowClient(mlflow_server.uri)
@@ -448,7 +433,7 @@ def test_server_stopped_mid_search_does_not_stop_the_search(ray_session, mlflow_
     mlflow_server.ensure_up()
     tracker = MlflowTracker(mlflow_server.uri, experiment_name="certevo-down", end_timeout=2)
     outage = Outage(mlflow_server, after=1)
-    search = Search.create(tiny(), tmp_path / "run", [tracker, outage])
+    search = Search.create(tiny(*TRACKED), tmp_path / "run", [tracker, outage])
     with pytest.warns(TrackingWarning, match="could not be logged"):
         tracked = run_tracked(search, tracker)  # returns normally
     assert outage.killed_at == 1 and not mlflow_server.alive()
@@ -486,7 +471,7 @@ def test_tracker_hooks_never_raise():
 def test_close_ends_a_search_that_stopped_early(sqlite_run, tmp_path):
     """What the CLI (or a loop hook) calls when a search dies: the run is marked, the
     pictures queued so far are in the run directory."""
-    search = SimpleNamespace(run_dir=tmp_path / "stopped", config=tiny(),
+    search = SimpleNamespace(run_dir=tmp_path / "stopped", config=tiny(*TRACKED),
                              state=SimpleNamespace(history=sqlite_run.search.state.history[:1]))
     search.run_dir.mkdir()
     tracker = MlflowTracker(sqlite_run.tracker.tracking_uri, experiment_name="certevo-stopped")  # store exists: fast
@@ -541,7 +526,7 @@ def test_default_artifact_root_sits_next_to_a_sqlite_store(tmp_path):
 def test_pictures_survive_a_dead_plot_process(sqlite_run, tmp_path):
     """Pictures are drawn by helper processes; if one dies, the tracker draws in-process."""
     history = sqlite_run.search.state.history
-    search = SimpleNamespace(run_dir=tmp_path / "dead", config=tiny(), state=SimpleNamespace(history=history[:1]))
+    search = SimpleNamespace(run_dir=tmp_path / "dead", config=tiny(*TRACKED), state=SimpleNamespace(history=history[:1]))
     search.run_dir.mkdir()
     tracker = MlflowTracker(sqlite_run.tracker.tracking_uri, experiment_name="certevo-dead-plotter")
     tracker.on_start(search)

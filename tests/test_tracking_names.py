@@ -11,19 +11,18 @@ from mlflow.tracking import MlflowClient
 
 from certevo.evaluators.data import load_dataset
 from certevo.evaluators.spec import DataSpec
-from certevo.search.config import load_config
 from certevo.search.loop import Search
 from certevo.search.tracking import MlflowTracker
+from conftest import tiny
 
-TINY = ["data.subset=300", "model.widths=[16,16]", "training.epochs=2", "training.batch_size=32",
-        "certification.eps=0.05", "training.eps=0.05", "search.population_size=4", "search.generations=1",
-        "search.kstarts=2", "genome.sparsities=[0.5,0.9]", "cluster.actors=2"]
+#: The tiny search cut to one generation, children trained 5 epochs (the default).
+RUN = ("search.generations=1", "search.inherit_epochs=5")
 
 
 @pytest.fixture(scope="module")
 def tracked(ray_session, tmp_path_factory):
     tracker = MlflowTracker()
-    search = Search.create(load_config(None, TINY), tmp_path_factory.mktemp("names") / "run", [tracker])
+    search = Search.create(tiny(*RUN), tmp_path_factory.mktemp("names") / "run", [tracker])
     search.run()
     assert tracker.unlogged == []
     return search, tracker, MlflowClient(tracker.tracking_uri)

@@ -10,7 +10,8 @@ import shlex
 import yaml
 
 from certevo.search.config import load_config
-from tests.test_cli import TINY_CONFIG, run
+from conftest import tiny_config
+from tests.test_cli import run
 
 
 def setting(config, key: str):
@@ -22,7 +23,7 @@ def setting(config, key: str):
 
 def test_tune_prints_progress_per_trial_and_a_launch_line_that_works(tmp_path):
     config_file = tmp_path / "tiny.yaml"
-    config_file.write_text(yaml.safe_dump(TINY_CONFIG))
+    config_file.write_text(yaml.safe_dump(tiny_config("search.generations=2")))
     run_dir = tmp_path / "tune"
     out = run("tune", str(config_file), "--trials", "2", "--budget", "6", "--run-dir", str(run_dir),
               "--set", "genome.sparsities=[0.5]")
