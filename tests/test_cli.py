@@ -62,11 +62,27 @@ def test_inspect_table_json_lineage_and_plot(launched, tmp_path):
     assert info["front"] and len(info["history"]) == 3
     by_cert = json.loads(run("inspect", str(launched), "--json", "--sort", "certified").stdout)["population"]
     assert [r["certified_accuracy"] for r in by_cert] == sorted(certified, reverse=True)
-    # Generation 0 already has children (the pruned starts), so the population has one.
-    child = next(r for r in info["population"] + info["front"] if r["parents"])
+    # Generation 0 already has children (the pruned starts), so the population has some; the
+    # latest-born has the longest ancestry.
+    children = [r for r in info["population"] + info["front"] if r["parents"]]
+    assert children, "the population holds no child: its lineage cannot be shown"
+    child = max(children, key=lambda r: r["generation"])
     assert child["inherited_from"] == child["parents"][0] and child["total_epochs"] > child["epochs"]
     tree = json.loads(run("inspect", str(launched), "--json", "--lineage", child["id"][:10]).stdout)["lineage"]
     assert tree["id"] == child["id"] and [p["id"] for p in tree["parents"]] == child["parents"]
+    # The tree is the ancestry the search recorded in its checkpoint, up to the K-starts.
+    checkpoint = json.loads((launched / "checkpoint" / "state.json").read_text())["state"]
+    recorded = {r["candidate_id"]: r for r in checkpoint["lineage"]["records"]}
+
+    def check(node: dict) -> None:
+        record = recorded[node["id"]]
+        assert (node["operator"], node["generation"]) == (record["operator"], record["generation"])
+        assert [p["id"] for p in node["parents"]] == record["parent_ids"]
+        assert node["parents"] or node["operator"] == "kstart"
+        for parent in node["parents"]:
+            check(parent)
+
+    check(tree)
     text = run("inspect", str(launched), "--lineage", child["id"]).stdout
     assert child["operator"] in text
     plot = tmp_path / "front.png"
@@ -142,8 +158,17 @@ def test_tune_runs_two_trials_then_resumes_to_a_third(config_file, tmp_path):
     study = optuna.load_study(study_name=STUDY_NAME, storage=storage(run_dir))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3
-    assert all(t.value is not None and t.value >= 0 for t in complete)
-    assert json.loads((run_dir / "best.json").read_text())["trials"] == 3
+    from certevo.population.selection import hypervolume_2d
+
+    for trial in complete:  # its value is the hypervolume its own search reached at the budget
+        front = json.loads((Path(trial.user_attrs["run_dir"]) / "front.json").read_text())
+        assert front["evaluations"] == 6
+        points = [(r["sparsity"], r["certified_accuracy"]) for r in front["front"]]
+        assert trial.value == pytest.approx(hypervolume_2d(points), rel=1e-12) and trial.value > 0
+    best = json.loads((run_dir / "best.json").read_text())
+    assert best["trials"] == 3
+    values = {t.number: t.value for t in complete}
+    assert best["hypervolume"] == values[best["best_trial"]] == max(values.values())
 
 
 def test_bad_arguments_and_directories_fail_clearly(launched, config_file, tmp_path):
