@@ -113,6 +113,7 @@ def _finish_search(search, trackers=(), storage=None) -> int:
     from rich.console import Console
 
     from certevo.search.disk_full import disk_full, is_disk_full
+    from certevo.search.run_directory import RunDirectory
     from certevo.search.stop_signals import Terminated, stop_on_sigterm
 
     where = storage.uri if storage is not None and storage.remote else search.run_dir
@@ -134,7 +135,7 @@ def _finish_search(search, trackers=(), storage=None) -> int:
         ray.shutdown()
     console = Console(stderr=True)
     console.print(f"run directory: {where}" + (f" (staged in {result.run_dir})" if where != search.run_dir else ""))
-    console.print(f"front: {result.run_dir / 'front.json'}")
+    console.print(f"front: {RunDirectory(result.run_dir).front}")
     for tracker in trackers:
         uri = tracker.tracking_uri or ""
         console.print(f"MLflow: {tracker.run_url or uri} (run {tracker.run_id})")
@@ -231,11 +232,13 @@ def _run_inspect(args: argparse.Namespace) -> int:
     from rich.tree import Tree
 
     from certevo.search.certified_caption import caption_text
-    from certevo.search.inspect_run import lineage_tree, load_run, resolve_id, sorted_rows, summary
+    from certevo.search.inspect_run import lineage_tree, resolve_id, sorted_rows, summary
+    from certevo.search.run_directory import open_run
 
     if args.plot:
         check_output_file(args.plot, "--plot")
-    config, state = load_run(args.run_dir)
+    run = open_run(args.run_dir)
+    config, state = run.config, run.state
     info = summary(config, state, args.sort)
     caption = caption_text(info["certified_accuracy_refers_to"])  # what every certified figure below means
     if args.lineage:

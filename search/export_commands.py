@@ -30,9 +30,10 @@ from certevo.evaluators.models import make_template
 from certevo.population.errors import CheckpointError, ConfigError
 from certevo.population.export import Export, export_paths, read_export, write_export
 from certevo.search.config import SearchConfig
-from certevo.search.inspect_run import load_run, resolve_id
+from certevo.search.inspect_run import resolve_id
 from certevo.search.input_checks import can_create_in, check_output_file
 from certevo.search.journal import EvaluationJournal
+from certevo.search.run_directory import open_run
 from certevo.search.state import Candidate, SearchState, split_trained
 
 #: Input shapes of the data sets whose shape is fixed (others are read from the data).
@@ -120,7 +121,8 @@ def choose_candidate(
             f"choose the candidate with exactly one of --id, --min-sparsity, --knee; got "
             f"{', '.join(given) if given else 'none'}; e.g. --knee, or --min-sparsity 0.9"
         )
-    config, state = load_run(run_dir)
+    run = open_run(run_dir)
+    config, state = run.config, run.state
     if candidate_id is not None:
         candidate = _by_id(state, candidate_id)
     elif min_sparsity is not None:

@@ -1,43 +1,17 @@
-"""Reading a run directory back: its population, front, lineage and history."""
+"""What `certevo inspect` shows of a run (read with :func:`certevo.search.run_directory.open_run`):
+its population, front, lineage and history as plain data."""
 
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 from typing import Any
 
-from certevo.population.checkpoint import CheckpointStore
-from certevo.population.errors import CheckpointError, ConfigError
+from certevo.population.errors import ConfigError
 from certevo.search.certified_caption import certification_context
-from certevo.search.command_hint import command_hint
-from certevo.search.config import SearchConfig, read_run_config
-from certevo.search.loop import CONFIG_FILE, check_same_config
+from certevo.search.config import SearchConfig
 from certevo.search.state import Candidate, SearchState
 
 SORT_KEYS = ("sparsity", "certified", "clean", "generation", "id")
-
-
-def load_run(run_dir: str | Path) -> tuple[SearchConfig, SearchState]:
-    """The configuration and last checkpointed state of the search in ``run_dir``; refuses
-    a config.yaml edited since the checkpoint (apart from the budget)."""
-    path = Path(run_dir).expanduser()
-    if not path.exists():
-        raise ConfigError(f"run directory {path} does not exist; pass the directory `certevo launch` created (e.g. runs/<name>)")
-    if not path.is_dir():
-        raise ConfigError(f"run directory {path} is a file, not a directory; pass the directory `certevo launch` created")
-    config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointError(f"{path} is not a certevo run directory (no {CONFIG_FILE}); pass the directory a launch created")
-    config = read_run_config(config_path)
-    store = CheckpointStore(path / "checkpoint")
-    if not store.exists():
-        raise CheckpointError(
-            f"{path} has no checkpoint yet ({store.manifest_path} is missing): the search stopped before its first "
-            f"generation finished; resume it with `{command_hint('resume', path)}`"
-        )
-    state_data, arrays = store.load()
-    check_same_config(config, state_data.get("config"), config_path)
-    return config, SearchState.from_checkpoint(state_data, arrays, str(store.manifest_path))
 
 
 def candidate_row(state: SearchState, candidate: Candidate) -> dict[str, Any]:

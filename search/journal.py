@@ -30,12 +30,11 @@ import numpy as np
 
 from certevo.evaluators.fitness import FitnessRecord
 from certevo.population.files import atomic_write
+from certevo.search.run_directory import RunDirectory
 
 if TYPE_CHECKING:
     from certevo.search.config import SearchConfig
 
-JOURNAL_FILE = "evaluations.jsonl"
-DAMAGED_FILE = "evaluations.damaged.jsonl"
 _ENTRY_START = b'{"id": '  # how json.dumps starts every entry: where a joined entry begins
 
 
@@ -90,9 +89,10 @@ class EvaluationJournal:
     records and selects the records :meth:`recover` reuses."""
 
     def __init__(self, run_dir: Path, config_digest: str | None = None) -> None:
-        self.path = Path(run_dir) / JOURNAL_FILE
-        self.damaged_path = Path(run_dir) / DAMAGED_FILE
-        self.weights_dir = Path(run_dir) / "weights"
+        paths = RunDirectory(run_dir)
+        self.path = paths.journal
+        self.damaged_path = paths.damaged_journal
+        self.weights_dir = paths.weights
         self.config_digest = config_digest
 
     # -- writing --------------------------------------------------------------------

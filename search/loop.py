@@ -18,20 +18,19 @@ from certevo.cluster.connect import check_reachable, connect
 from certevo.cluster.island_hosts import host_islands
 from certevo.cluster.pool import EvaluationPool, EvaluationTask, TaskResult
 from certevo.evaluators.models import make_template
-from certevo.population.checkpoint import CheckpointStore
-from certevo.population.errors import CheckpointError, ConfigError
+from certevo.population.errors import ConfigError
 from certevo.population.files import atomic_write
 from certevo.population.lineage import LineageRecord
 from certevo.population.seeds import derive_seed
 from certevo.search.command_hint import command_hint
-from certevo.search.config import SearchConfig, config_from_dict, read_run_config
+from certevo.search.config import SearchConfig
 from certevo.search.input_checks import check_resume_targets
 from certevo.search.island_model import Island, initial_snapshots, offspring_counts
 from certevo.search.journal import EvaluationJournal, journal_digest
+from certevo.search.run_directory import RunDirectory, open_run
 from certevo.search.state import Candidate, SearchState, objectives, split_trained, trained_arrays
 from certevo.search.strategies import PRUNED_START_ALLOCATIONS, CoevolutionStrategy, Proposal, Strategy, make_strategy
 
-CONFIG_FILE = "config.yaml"
 SPARSITY_LEVELS = (0.5, 0.9, 0.95, 0.99)
 
 
@@ -72,7 +71,7 @@ class Search:
         self.run_dir = run_dir
         self.state = state
         self.observers = list(observers)
-        self.store = CheckpointStore(run_dir / "checkpoint")
+        self.store = RunDirectory(run_dir).checkpoint_store()
         self.journal = EvaluationJournal(run_dir, journal_digest(config))
         # Records without a digest (older journals) only when a checkpoint of this
         # configuration exists: resume has checked config.yaml against it.
@@ -92,7 +91,7 @@ class Search:
     def create(cls, config: SearchConfig, run_dir: str | Path | None = None, observers: Sequence[SearchObserver] = ()) -> Search:
         """A new search in an empty (or new) run directory; refuses to overwrite one."""
         path = Path(run_dir if run_dir is not None else config.run_dir)
-        if (path / CONFIG_FILE).exists() or (path / "checkpoint").exists():
+        if RunDirectory(path).holds_search():
             raise ConfigError(
                 f"run directory {path} already holds a search; resume it with `{command_hint('resume', path)}` "
                 "or choose another --run-dir"
@@ -104,26 +103,16 @@ class Search:
         # fails here and leaves no run directory behind to block the retry.
         search = cls(config, path, state, observers)
         path.mkdir(parents=True, exist_ok=True)
-        atomic_write(path / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+        atomic_write(RunDirectory(path).config, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
         return search
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, generations: int | None = None,
                evaluation_budget: int | None = None, observers: Sequence[SearchObserver] = ()) -> Search:
         """The search in ``run_dir``, from its last checkpoint, optionally with a larger budget."""
-        path = Path(run_dir)
-        config_path = path / CONFIG_FILE
-        if not config_path.is_file():
-            raise CheckpointError(
-                f"{path} is not a certevo run directory (no {CONFIG_FILE}); pass the directory a launch created"
-            )
-        config = read_run_config(config_path)
-        store = CheckpointStore(path / "checkpoint")
-        if store.exists():
-            state_data, arrays = store.load()
-            check_same_config(config, state_data.get("config"), config_path)
-            state = SearchState.from_checkpoint(state_data, arrays, str(store.manifest_path))
-        else:  # stopped before the K-starts phase finished: start over (the journal keeps results)
+        run = open_run(run_dir, require_checkpoint=False)
+        path, config, state = run.directory.root, run.config, run.state
+        if state is None:  # stopped before the K-starts phase finished: start over (the journal keeps results)
             state = SearchState(rng=np.random.default_rng(derive_seed(config.search.seed, "search")))
         # Before config.yaml is rewritten: a target the run has already reached is refused.
         check_resume_targets(path, state.generation, len(state.archive), generations, evaluation_budget)
@@ -135,7 +124,7 @@ class Search:
         config = replace(config, search=settings, run_dir=str(path))
         if generations is not None or evaluation_budget is not None:
             _check_budget(config)
-            atomic_write(config_path, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+            atomic_write(run.directory.config, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
         return cls(config, path, state, observers)
 
     # -- running --------------------------------------------------------------------
@@ -352,7 +341,7 @@ class Search:
         ]
         summary = {"front": rows, "hypervolume": self.state.hypervolume(), "evaluations": len(self.state.archive),
                    "generations": self.state.generation, "history": self.state.history}
-        atomic_write(self.run_dir / "front.json", json.dumps(summary, indent=2).encode())
+        atomic_write(RunDirectory(self.run_dir).front, json.dumps(summary, indent=2).encode())
         return summary
 
 
@@ -376,22 +365,3 @@ def _check_budget(config: SearchConfig) -> None:
             f"raise the budget above {starts}, lower search.kstarts or set search.init: kstarts"
         )
 
-
-def check_same_config(config: SearchConfig, saved: dict[str, Any] | None, where: Path) -> None:
-    """Refuse to resume if the config file no longer matches the checkpoint's (apart from
-    the budget, which resume may raise, and where it runs)."""
-    if saved is None:
-        raise CheckpointError(f"the checkpoint next to {where} has no configuration; it is damaged or foreign")
-    before = config_from_dict(saved)
-    same_budget = replace(before, search=replace(before.search, generations=config.search.generations,
-                                                 evaluation_budget=config.search.evaluation_budget))
-    if same_budget.digest() != config.digest():
-        now, then = config.to_dict(), same_budget.to_dict()
-        changed = sorted(
-            f"{section}.{key}" for section in now if isinstance(now[section], dict)
-            for key in now[section] if now[section][key] != then[section].get(key)
-        )
-        raise CheckpointError(
-            f"{where} differs from the configuration the checkpoint was made with (changed: {', '.join(changed)}); "
-            "a resumed search must use the same settings: restore the file, or launch a new run directory"
-        )

@@ -7,10 +7,11 @@
     run.history   # one row per generation
 
 Reads only the run directory's files (``config.yaml``, ``checkpoint/state.json``,
-``evaluations.jsonl``), as plain JSON: it imports neither torch nor Ray (nor the search
-itself), so it is quick in a notebook and works on a machine with pandas alone. A search
-still running, or interrupted, is fine: evaluations journaled after the last checkpoint are
-rows too (``checkpointed`` False; their generation and parents are not known yet).
+``evaluations.jsonl``; names from ``certevo.search.run_directory``), as plain JSON: it
+imports neither torch nor Ray (nor the search itself), so it is quick in a notebook and
+works on a machine with pandas alone. A search still running, or interrupted, is fine:
+evaluations journaled after the last checkpoint are rows too (``checkpointed`` False;
+their generation and parents are not known yet).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from certevo.population.errors import CheckpointError, ConfigError
+from certevo.search.run_directory import CONFIG_FILE, RunDirectory
 
 __all__ = ["RunFrames", "load_frames"]
 
@@ -106,10 +108,11 @@ def load_frames(run_dir: str | Path) -> RunFrames:
     if not path.is_dir():
         raise ConfigError(f"run directory {path} does not exist or is not a directory; pass the directory "
                           "`certevo launch` created (e.g. runs/<name>)")
-    if not (path / "config.yaml").is_file():
-        raise CheckpointError(f"{path} is not a certevo run directory (no config.yaml); pass the directory a launch created")
-    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    manifest_path = path / "checkpoint" / "state.json"
+    paths = RunDirectory(path)
+    if not paths.config.is_file():
+        raise CheckpointError(f"{path} is not a certevo run directory (no {CONFIG_FILE}); pass the directory a launch created")
+    config = yaml.safe_load(paths.config.read_text()) or {}
+    manifest_path = paths.manifest
     state: dict[str, Any] = {}
     if manifest_path.is_file():
         manifest = _read_json(manifest_path, "checkpoint")
@@ -126,7 +129,7 @@ def load_frames(run_dir: str | Path) -> RunFrames:
         genome, record = entry["genome"], entry["record"]
         rows.append({**_row(genome["id"], record, genome, lineage.get(genome["id"])), "checkpointed": True})
         seen.add(genome["id"])
-    for cid, record in _journal(path / "evaluations.jsonl").items():  # evaluated after the last checkpoint
+    for cid, record in _journal(paths.journal).items():  # evaluated after the last checkpoint
         if cid not in seen:
             rows.append({**_row(cid, record, None, lineage.get(cid)), "checkpointed": False})
     for row in rows:

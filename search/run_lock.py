@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from certevo.population.errors import CertevoError
+from certevo.search.run_directory import REMOTE_LOCK_FILE, RunDirectory
 
-LOCK_FILE = ".certevo.lock"
-REMOTE_LOCK_FILE = ".certevo-lock.json"
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 300.0
 SETTLE_SECONDS = 1.0
@@ -96,7 +95,7 @@ class RunLock:
 
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / LOCK_FILE
+        path = RunDirectory(run_dir).lock
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:

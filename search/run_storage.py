@@ -52,12 +52,12 @@ from typing import Any
 from certevo.population.errors import CertevoError, CheckpointError, ConfigError
 from certevo.population.files import TMP_PREFIX
 from certevo.search.command_hint import command_hint
-from certevo.search.run_lock import LOCK_FILE, REMOTE_LOCK_FILE, RemoteRunLock, RunLock
+from certevo.search.run_directory import (CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE, MANIFEST, MLFLOW_RUN_FILE,
+                                          REMOTE_LOCK_FILE, RunDirectory)
+from certevo.search.run_lock import RemoteRunLock, RunLock
 
 #: Environment variable naming the root of the staging directories.
 STAGING_ENV = "CERTEVO_STAGING_DIR"
-CONFIG_FILE = "config.yaml"  # as in certevo.search.loop (not imported: the loop pulls in torch)
-MANIFEST = "checkpoint/state.json"
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)(://|::)")  # scheme://... or a chained fsspec URL a::b://...
 _SUPPORTED = ("a local path, file://, s3://, gs://, hdfs://, abfs:// (pyarrow) or any fsspec protocol "
               "(memory://, and e.g. s3:// via `pip install s3fs`, gs:// via `pip install gcsfs`)")
@@ -250,9 +250,9 @@ class RunStorage:
     def holds_search(self) -> bool:
         """Whether the run directory already holds a search (config or checkpoint)."""
         if not self.remote:
-            return (self.local_dir / CONFIG_FILE).exists() or (self.local_dir / "checkpoint").exists()
+            return RunDirectory(self.local_dir).holds_search()
         files = self.remote_files()
-        return CONFIG_FILE in files or any(rel.startswith("checkpoint/") for rel in files)
+        return CONFIG_FILE in files or any(rel.startswith(f"{CHECKPOINT_DIR}/") for rel in files)
 
     # -- launch and resume ------------------------------------------------------------
     def prepare_launch(self) -> None:
@@ -273,7 +273,7 @@ class RunStorage:
         """Before resuming: lock the run directory, and make the staging directory an exact
         copy of the remote run."""
         if not self.remote:
-            if self.local_dir.is_dir():  # else Search.resume says it is not a run directory
+            if self.local_dir.is_dir():  # else Search.resume refuses it (no such directory)
                 self.lock()
             return
         self.lock()
@@ -314,7 +314,7 @@ class RunStorage:
 
     def _local_files(self) -> Iterator[tuple[str, Path]]:
         for path in sorted(self.local_dir.rglob("*")):
-            if path.is_file() and not path.name.startswith(TMP_PREFIX) and not path.name.startswith(".mlflow_run"):
+            if path.is_file() and not path.name.startswith(TMP_PREFIX) and not path.name.startswith(f".{MLFLOW_RUN_FILE}"):
                 yield path.relative_to(self.local_dir).as_posix(), path
 
     def sync(self) -> int:
@@ -373,8 +373,8 @@ class RunStorage:
     def did_work(self) -> bool:
         """Whether the search in this run directory journaled an evaluation or wrote a
         checkpoint (else a failed launch has nothing worth keeping)."""
-        journal = self.local_dir / "evaluations.jsonl"
-        return (journal.is_file() and journal.stat().st_size > 0) or (self.local_dir / "checkpoint").exists()
+        paths = RunDirectory(self.local_dir)
+        return (paths.journal.is_file() and paths.journal.stat().st_size > 0) or paths.checkpoint.exists()
 
     def discard(self) -> None:
         """Remove a run directory that a failed launch created and did no work in (and

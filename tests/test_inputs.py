@@ -20,8 +20,8 @@ from certevo.population.errors import CheckpointError, ConfigError, DataError
 from certevo.population.export import read_export
 from certevo.search.cli import main
 from certevo.search.config import _SECTIONS, SearchConfig, config_from_dict, load_config
-from certevo.search.inspect_run import load_run
 from certevo.search.loop import Search
+from certevo.search.run_directory import open_run
 
 from conftest import tiny
 from tests.test_data import write_pair
@@ -322,7 +322,7 @@ def test_evaluate_refuses_zero_threads(capsys):
 ])
 def test_damaged_run_config_yaml(capsys, tmp_path, content, problem):
     (tmp_path / "config.yaml").write_bytes(content)
-    for read in (load_run, Search.resume):
+    for read in (open_run, Search.resume):
         with pytest.raises(CheckpointError, match=problem) as info:
             read(tmp_path)
         assert "config.yaml" in str(info.value) and "restore config.yaml" in str(info.value)

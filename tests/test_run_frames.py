@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from certevo.population.errors import CheckpointError
-from certevo.search.inspect_run import load_run
 from certevo.search.loop import Search
+from certevo.search.run_directory import open_run
 from conftest import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def test_frames_hold_every_candidate_the_front_and_the_history(run_dir):
     from certevo.search.run_frames import load_frames
 
     frames = load_frames(run_dir)
-    _, state = load_run(run_dir)  # the search's own reader, as the reference
+    state = open_run(run_dir).state  # the search's own reader, as the reference
     archive = frames.archive.set_index("id")
     assert set(archive.index) == set(state.archive) and len(archive) == len(state.archive)
     for cid, candidate in state.archive.items():
