@@ -57,7 +57,7 @@ from certevo.population.genome import Genome, random_genome  # noqa: E402
 from certevo.population.guided_operators import magnitude_prune  # noqa: E402
 from certevo.population.seeds import derive_seed  # noqa: E402
 from certevo.search.config import load_config  # noqa: E402
-from certevo.search.export_commands import export_candidate  # noqa: E402
+from certevo.search.candidate_export import export_candidate  # noqa: E402
 from certevo.search.loop import Search  # noqa: E402
 
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist-t10k"
@@ -70,7 +70,7 @@ def final_training(export_path: str, from_trained: bool, epochs: int, out_dir: s
     """``certevo train`` on one export (one thread); the figures of its report."""
     import torch
 
-    from certevo.search.export_commands import train_exported
+    from certevo.search.candidate_export import train_exported
 
     torch.set_num_threads(1)
     report, _ = train_exported(export_path, out_dir, overwrite=True, epochs=epochs, from_trained=from_trained)

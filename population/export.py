@@ -164,7 +164,7 @@ def _check_fields(genome: Genome, fields: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise ConfigError(
             f"manifest_fields lacks {missing}; an export needs {', '.join(REQUIRED_FIELDS)} "
-            "(certevo.search.export_commands.export_candidate fills them from a run directory)"
+            "(certevo.search.candidate_export.export_candidate fills them from a run directory)"
         )
     try:
         data = json.loads(json.dumps(dict(fields), allow_nan=False))

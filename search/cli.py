@@ -313,7 +313,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from certevo.search.export_commands import export_candidate
+    from certevo.search.candidate_export import export_candidate
 
     json_path, tensor_path = export_candidate(args.run_dir, args.output, candidate_id=args.candidate_id,
                                               min_sparsity=args.min_sparsity, knee=args.knee)
@@ -347,7 +347,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from certevo.search.export_commands import train_exported
+    from certevo.search.candidate_export import train_exported
 
     overrides = {k: v for k, v in {"epochs": args.epochs, "method": args.method, "eps": args.eps, "lr": args.lr,
                                    "batch_size": args.batch_size, "data_path": args.data_path,

@@ -31,7 +31,7 @@ from certevo.population.export import EXPORT_FORMAT, read_export, write_export
 from certevo.population.genome import Genome, random_genome
 from certevo.population.lineage import LineageRecord
 from certevo.search.config import SearchConfig, SearchSettings
-from certevo.search.export_commands import choose_candidate, export_candidate, knee_point
+from certevo.search.candidate_export import choose_candidate, export_candidate, knee_point
 from certevo.search.state import Candidate, SearchState, objectives
 
 CONFIG = SearchConfig(

@@ -24,7 +24,7 @@ from certevo.population.export import read_export
 from certevo.population.genome import random_genome
 from certevo.population.lineage import LineageRecord
 from certevo.search.config import SearchConfig, SearchSettings
-from certevo.search.export_commands import default_final_dir, export_candidate, train_exported
+from certevo.search.candidate_export import default_final_dir, export_candidate, train_exported
 from certevo.search.state import Candidate, SearchState, objectives
 
 CONFIG = SearchConfig(

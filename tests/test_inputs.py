@@ -377,7 +377,7 @@ def test_export_and_inspect_expand_tilde_and_make_missing_directories(capsys, fi
 
 @pytest.fixture(scope="module")
 def exported(finished) -> Path:
-    from certevo.search.export_commands import export_candidate
+    from certevo.search.candidate_export import export_candidate
 
     json_path, _ = export_candidate(finished, finished.parent / "export" / "best", knee=True)
     return json_path

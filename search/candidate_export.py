@@ -1,8 +1,8 @@
-"""What ``certevo export`` and ``certevo train`` do, as plain functions.
+"""One candidate out of a run directory: choosing it, writing its export, and training an
+export to the end (what ``certevo export`` and ``certevo train`` do), as plain functions.
 
-A run directory (written by :class:`certevo.search.loop.Search`) holds ``config.yaml`` and
-``checkpoint/`` (a :class:`~certevo.population.checkpoint.CheckpointStore`). Exporting reads the
-last checkpoint, chooses ONE candidate and writes it with :func:`certevo.population.export.write_export`.
+Exporting reads the run's last checkpoint (:func:`certevo.search.run_directory.open_run`),
+chooses ONE candidate and writes it with :func:`certevo.population.export.write_export`.
 
 Choosing (exactly one rule):
 
