@@ -200,7 +200,7 @@ def _run_resume(args: argparse.Namespace) -> int:
     from certevo.search.loop import Search
     from certevo.search.progress import ConsoleProgress
     from certevo.search.run_storage import RunStorage
-    from certevo.search.tracking_location import resume_tracking_uri
+    from certevo.search.tracking.location import resume_tracking_uri
 
     with RunStorage(args.run_dir) as storage:  # a local path, or a URI downloaded to local staging
         storage.prepare_resume()

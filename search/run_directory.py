@@ -13,6 +13,7 @@ Every module that reads or writes a run directory takes its names from here::
     mlflow.db, mlruns/               the default MLflow store and its artifact root
     mlflow_run.json                  the MLflow run the search logs to (a resume continues it)
     artifacts/                       what the tracker writes and uploads: fronts/front_gen_<ggg>.png,
+                                     masks/<candidate id>.json and .safetensors,
                                      front.json, front.html, front.png, history.png,
                                      lineage.csv, lineage.png
 
@@ -59,6 +60,7 @@ ARTIFACTS_DIR = "artifacts"
 # In ARTIFACTS_DIR (the final front is FRONT_FILE there too):
 FRONTS_DIR = "fronts"
 FRONT_GENERATION_PNG = "front_gen_{generation:03d}.png"
+MASKS_DIR = "masks"
 FRONT_HTML = "front.html"
 FRONT_PNG = "front.png"
 HISTORY_PNG = "history.png"
@@ -68,8 +70,8 @@ LINEAGE_PNG = "lineage.png"
 __all__ = [
     "ARTIFACTS_DIR", "CHECKPOINT_DIR", "CONFIG_FILE", "DAMAGED_JOURNAL_FILE", "FRONTS_DIR", "FRONT_FILE",
     "FRONT_GENERATION_PNG", "FRONT_HTML", "FRONT_PNG", "HISTORY_PNG", "JOURNAL_FILE", "LINEAGE_CSV", "LINEAGE_PNG",
-    "LOCK_FILE", "MANIFEST", "MLFLOW_ARTIFACT_ROOT", "MLFLOW_DATABASE", "MLFLOW_RUN_FILE", "REMOTE_LOCK_FILE",
-    "WEIGHTS_DIR", "OpenedRun", "RunDirectory", "check_same_config", "open_run",
+    "LOCK_FILE", "MANIFEST", "MASKS_DIR", "MLFLOW_ARTIFACT_ROOT", "MLFLOW_DATABASE", "MLFLOW_RUN_FILE",
+    "REMOTE_LOCK_FILE", "WEIGHTS_DIR", "OpenedRun", "RunDirectory", "check_same_config", "open_run",
 ]
 
 

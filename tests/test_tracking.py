@@ -24,7 +24,9 @@ from mlflow.tracking import MlflowClient
 
 from certevo.population.genome import Genome
 from certevo.search.loop import Search
-from certevo.search.tracking import RUN_FILE, MlflowTracker, TrackingWarning, flatten_config, git_commit
+from certevo.search.observer import SearchObserver
+from certevo.search.tracking import MlflowTracker, TrackingWarning, flatten_config, git_commit
+from certevo.search.run_directory import MLFLOW_RUN_FILE as RUN_FILE
 from conftest import tiny
 
 GENERATIONS = 2
@@ -123,7 +125,7 @@ def mlflow_server(tmp_path_factory):
     server.kill()
 
 
-class Outage:
+class Outage(SearchObserver):
     """Kills the server right after generation ``after`` (before the tracker's hook when
     listed first); optionally starts it again at the end, before the tracker's on_end."""
 
@@ -144,7 +146,7 @@ class Outage:
             self.server.ensure_up()
 
 
-class EnvProbe:
+class EnvProbe(SearchObserver):
     """Records the MLflow HTTP settings in force while the search runs."""
 
     def __init__(self) -> None:
@@ -299,7 +301,7 @@ def test_tracker_reports_its_cost_and_nothing_unlogged(sqlite_run):
     assert tracker.report()["run_id"] == tracker.run_id
 
 
-class ChildRunProbe:
+class ChildRunProbe(SearchObserver):
     """Listed before the tracker: at the end of the search, before the tracker's on_end,
     waits (up to ``timeout`` s) until the members of the last generation's front have
     child runs tagged on_front=true, and records what it saw."""
@@ -509,7 +511,7 @@ def test_failures_are_classified_transient_or_permanent():
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 
-    from certevo.search.tracking import _is_transient
+    from certevo.search.tracking.failures import _is_transient
 
     assert _is_transient(MlflowException("API request failed: connection refused", error_code=INTERNAL_ERROR))
     assert _is_transient(ConnectionRefusedError())
@@ -547,7 +549,7 @@ def test_pictures_survive_a_dead_plot_process(sqlite_run, tmp_path):
 
 
 def test_plot_process_draws_a_lineage(sqlite_run, tmp_path):
-    from certevo.search.tracking import _PlotWorker
+    from certevo.search.tracking.plot_worker import _PlotWorker
 
     worker = _PlotWorker()
     try:

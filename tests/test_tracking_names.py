@@ -61,7 +61,7 @@ def test_parent_run_has_the_data_set_as_a_dataset_input(tracked):
     assert json.loads(dataset.schema)["mlflow_tensorspec"]["features"]
     assert {t.key: t.value for t in logged.tags}["mlflow.data.context"] == "training"
     # logging it again (a resumed search does) keeps one input; other data has another digest
-    from certevo.search.tracking_names import dataset_input, log_dataset_input
+    from certevo.search.tracking.names import dataset_input, log_dataset_input
 
     log_dataset_input(lambda: client, lambda: tracker.run_id, search.config.data)
     assert len(client.get_run(tracker.run_id).inputs.dataset_inputs) == 1
@@ -72,7 +72,7 @@ def test_parent_run_has_the_data_set_as_a_dataset_input(tracked):
 def test_a_child_run_name_never_rounds_a_sparsity_up_across_a_threshold():
     from types import SimpleNamespace
 
-    from certevo.search.tracking_names import child_run_name
+    from certevo.search.tracking.names import child_run_name
 
     def named(sparsity: float) -> str:
         record = SimpleNamespace(sparsity=sparsity, certified_accuracy=0.6134)

@@ -23,15 +23,15 @@ import json
 import sqlite3
 from pathlib import Path
 
-RUN_FILE = "mlflow_run.json"  # as in certevo.search.tracking (not imported: it pulls in more than needed)
-DATABASE = "mlflow.db"
+from certevo.search.run_directory import MLFLOW_ARTIFACT_ROOT, MLFLOW_DATABASE, MLFLOW_RUN_FILE
+
 _PREFIX = "sqlite:///"
 _COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"))
 
 
 def default_uri(run_dir: str | Path) -> str:
     """The default tracking URI of a run directory (as ``MlflowTracker`` builds it)."""
-    return f"{_PREFIX}{Path(run_dir).resolve() / DATABASE}"
+    return f"{_PREFIX}{Path(run_dir).resolve() / MLFLOW_DATABASE}"
 
 
 def _database(uri: str) -> Path | None:
@@ -46,21 +46,21 @@ def resume_tracking_uri(run_dir: str | Path) -> str | None:
     locations moved along. None too when nothing is recorded."""
     run_dir = Path(run_dir)
     try:
-        saved = json.loads((run_dir / RUN_FILE).read_text())
+        saved = json.loads((run_dir / MLFLOW_RUN_FILE).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(saved, dict) or not isinstance(saved.get("tracking_uri"), str):
         return None
     uri = saved["tracking_uri"]
     database = _database(uri)
-    here = run_dir.resolve() / DATABASE
+    here = run_dir.resolve() / MLFLOW_DATABASE
     flag = saved.get("default_store")
     if flag is None:  # written before the flag: the store copied along with the run directory
-        flag = database is not None and database.name == DATABASE and database != here and here.is_file()
+        flag = database is not None and database.name == MLFLOW_DATABASE and database != here and here.is_file()
     if not flag or database is None:
         return uri
     if database != here and here.is_file():
-        relocate_artifacts(here, database.parent / "mlruns", here.parent / "mlruns")
+        relocate_artifacts(here, database.parent / MLFLOW_ARTIFACT_ROOT, here.parent / MLFLOW_ARTIFACT_ROOT)
     return None
 
 

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from certevo.population.files import TMP_PREFIX, fsync_dir
+from certevo.search.run_directory import MLFLOW_ARTIFACT_ROOT
 
 SQLITE_PREFIX = "sqlite:///"
 
@@ -41,7 +42,7 @@ def create_sqlite_store(uri: str | None, artifact_root: str | None = None) -> bo
     os.close(fd)
     os.unlink(tmp)  # SQLite creates the file itself
     try:
-        store = SqlAlchemyStore(f"{SQLITE_PREFIX}{tmp}", artifact_root or str(path.parent / "mlruns"))
+        store = SqlAlchemyStore(f"{SQLITE_PREFIX}{tmp}", artifact_root or str(path.parent / MLFLOW_ARTIFACT_ROOT))
         store.engine.dispose()
         if path.exists():  # another process built it meanwhile: keep theirs
             return False
