@@ -35,12 +35,13 @@ sys.path.insert(0, str(ROOT))
 from certevo.cluster.connect import connect  # noqa: E402
 from certevo.search.config import load_config  # noqa: E402
 from certevo.search.loop import Search  # noqa: E402
+from certevo.search.observer import SearchObserver  # noqa: E402
 from certevo.search.tracking import MlflowTracker  # noqa: E402
 
 HOOKS = ("on_start", "on_evaluation", "on_generation", "on_end", "on_error")
 
 
-class TimedObserver:
+class TimedObserver(SearchObserver):
     """Forwards every hook to ``inner`` and adds the time each call blocked the driver."""
 
     def __init__(self, inner: Any) -> None:

@@ -37,7 +37,7 @@ if not (_here / "search").is_dir() and (_here.parent / "search" / "__init__.py")
 _EXPORTS = {
     "Search": "certevo.search.loop",
     "SearchResult": "certevo.search.loop",
-    "SearchObserver": "certevo.search.loop",
+    "SearchObserver": "certevo.search.observer",
     "SearchConfig": "certevo.search.config",
     "load_config": "certevo.search.config",
     "MlflowTracker": "certevo.search.tracking",
@@ -79,6 +79,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from certevo.population.export import Export, read_export, write_export
     from certevo.population.genome import Genome
     from certevo.search.config import SearchConfig, load_config
-    from certevo.search.loop import Search, SearchObserver, SearchResult
+    from certevo.search.loop import Search, SearchResult
+    from certevo.search.observer import SearchObserver
     from certevo.search.run_frames import load_frames
     from certevo.search.tracking import MlflowTracker

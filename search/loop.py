@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ import yaml
 
 from certevo.cluster.connect import check_reachable, connect
 from certevo.cluster.island_hosts import host_islands
-from certevo.cluster.pool import EvaluationPool, EvaluationTask, TaskResult
+from certevo.cluster.pool import EvaluationPool, EvaluationTask
 from certevo.evaluators.models import make_template
 from certevo.population.errors import ConfigError
 from certevo.population.files import atomic_write
@@ -27,21 +27,12 @@ from certevo.search.config import SearchConfig
 from certevo.search.input_checks import check_resume_targets
 from certevo.search.island_model import Island, initial_snapshots, offspring_counts
 from certevo.search.journal import EvaluationJournal, journal_digest
+from certevo.search.observer import SearchObserver, check_observers  # SearchObserver: also importable from here
 from certevo.search.run_directory import RunDirectory, open_run
 from certevo.search.state import Candidate, SearchState, objectives, split_trained, trained_arrays
 from certevo.search.strategies import PRUNED_START_ALLOCATIONS, CoevolutionStrategy, Proposal, Strategy, make_strategy
 
 SPARSITY_LEVELS = (0.5, 0.9, 0.95, 0.99)
-
-
-class SearchObserver(Protocol):
-    """Hooks the loop calls; observers never change the search (tracking, progress)."""
-
-    def on_start(self, search: Search) -> None: ...
-    def on_evaluation(self, search: Search, result: TaskResult) -> None: ...
-    def on_generation(self, search: Search, summary: dict[str, Any]) -> None: ...
-    def on_end(self, search: Search, summary: dict[str, Any]) -> None: ...
-    # Optional: on_error(search, exception) when the search stops on an error or Ctrl-C.
 
 
 @dataclass(frozen=True)
@@ -70,7 +61,7 @@ class Search:
         self.config = config
         self.run_dir = run_dir
         self.state = state
-        self.observers = list(observers)
+        self.observers = check_observers(observers)  # refused here, not when a hook is first called
         self.store = RunDirectory(run_dir).checkpoint_store()
         self.journal = EvaluationJournal(run_dir, journal_digest(config))
         # Records without a digest (older journals) only when a checkpoint of this
@@ -160,9 +151,7 @@ class Search:
                 self._generation()
         except BaseException as exc:  # Ctrl-C included: observers close what they opened
             for observer in self.observers:
-                handler = getattr(observer, "on_error", None)
-                if handler is not None:
-                    handler(self, exc)
+                observer.on_error(self, exc)
             raise
         finally:
             if self.pool is not None:

@@ -21,12 +21,13 @@ from rich.table import Table
 
 from certevo.population.sparsity_text import format_sparsity
 from certevo.search.certified_caption import search_caption
+from certevo.search.observer import SearchObserver
 
 BAR_MIN, BAR_MAX = 10, 40
 ETA_WIDTH = 8  # "-:--:--", "0:00:14", up to "99:59:59"
 
 
-class ConsoleProgress:
+class ConsoleProgress(SearchObserver):
     """Progress over the evaluation budget with rate, hypervolume and best certified
     accuracy at a few sparsity levels; a table of the front at the end. ``plain`` (default:
     the console is not a terminal) prints one line per generation instead of a live bar."""

@@ -52,6 +52,7 @@ from typing import Any
 from certevo.population.errors import CertevoError, CheckpointError, ConfigError
 from certevo.population.files import TMP_PREFIX
 from certevo.search.command_hint import command_hint
+from certevo.search.observer import SearchObserver
 from certevo.search.run_directory import (CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE, MANIFEST, MLFLOW_RUN_FILE,
                                           REMOTE_LOCK_FILE, RunDirectory)
 from certevo.search.run_lock import RemoteRunLock, RunLock
@@ -395,7 +396,7 @@ class RunStorage:
         return [RunMirror(self)] if self.remote else []
 
 
-class RunMirror:
+class RunMirror(SearchObserver):
     """Search observer that mirrors the staging directory to the remote run directory:
     at the start, after every generation, at the end and when the search stops early.
 

@@ -21,6 +21,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from certevo.search.observer import SearchObserver  # noqa: E402
+
 WORKERS = 3
 
 
@@ -34,7 +36,7 @@ def start_cluster() -> Cluster:
     return cluster
 
 
-class Faults:
+class Faults(SearchObserver):
     """Removes the worker node of a busy evaluator in generation 1, kills island 1 in
     generation 2."""
 

@@ -9,6 +9,7 @@ import ray
 
 from certevo.search.island_model import offspring_counts
 from certevo.search.loop import Search
+from certevo.search.observer import SearchObserver
 from conftest import archive_view, front_view, tiny
 
 ISLANDS = ["search.islands=2", "search.migration_interval=1", "search.migrants=1", "search.generations=2"]
@@ -63,7 +64,7 @@ def test_islands_are_deterministic(ray_session, two_islands, tmp_path):
     assert again.state.islands == two_islands.state.islands
 
 
-class KillIsland:
+class KillIsland(SearchObserver):
     """Kills island 1's actor once, in the middle of generation 2's evaluations."""
 
     def __init__(self) -> None:

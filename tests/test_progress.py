@@ -14,6 +14,7 @@ import pytest
 from rich.console import Console
 
 from certevo.search.loop import Search
+from certevo.search.observer import SearchObserver
 from certevo.search.progress import ConsoleProgress
 from conftest import tiny
 
@@ -21,7 +22,7 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 COUNT_AND_TIME_LEFT = re.compile(r"\d+/\d+ +(\d+:\d\d:\d\d|-:--:--)")
 
 
-class Snapshots:
+class Snapshots(SearchObserver):
     """An observer that keeps what each stream shows when a generation ends."""
 
     def __init__(self, streams: dict[str, io.StringIO]) -> None:

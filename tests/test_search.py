@@ -17,6 +17,7 @@ import ray
 from certevo.population.errors import CheckpointError, ConfigError
 from certevo.population.selection import hypervolume_2d
 from certevo.search.loop import Search
+from certevo.search.observer import SearchObserver
 from conftest import TINY, archive_view, front_view, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,7 +187,7 @@ def test_killed_driver_resumes_to_the_uninterrupted_result(ray_session, referenc
     assert resumed.evaluated_this_session == len(reference_run.state.archive) - done_before
 
 
-class KillOneActor:
+class KillOneActor(SearchObserver):
     """Kills a busy evaluator actor once, at the first result that arrives while another
     actor runs a batch of two or more; remembers the candidates of that batch."""
 
