@@ -113,10 +113,15 @@ class Search:
         if evaluation_budget is not None:
             settings = replace(settings, evaluation_budget=evaluation_budget)
         config = replace(config, search=settings, run_dir=str(path))
-        if generations is not None or evaluation_budget is not None:
+        raised = generations is not None or evaluation_budget is not None
+        if raised:
             _check_budget(config)
+        # Built before config.yaml is rewritten: a refused observer, or data that cannot be
+        # loaded, leaves the run's settings as they were.
+        search = cls(config, path, state, observers)
+        if raised:
             atomic_write(run.directory.config, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
-        return cls(config, path, state, observers)
+        return search
 
     # -- running --------------------------------------------------------------------
     def planned_evaluations(self) -> int:

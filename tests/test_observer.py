@@ -78,3 +78,13 @@ def test_a_search_refuses_an_object_that_is_not_an_observer_when_it_is_built(obs
         in message
     assert "subclass certevo.SearchObserver" in message
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_resume_that_refuses_an_observer_leaves_the_runs_settings_unchanged(ray_session, tmp_path):
+    run_dir = tmp_path / "run"
+    Search.create(tiny("search.generations=1"), run_dir).run()
+    before = (run_dir / "config.yaml").read_bytes()
+    with pytest.raises(ConfigError, match="must be a certevo.SearchObserver"):
+        Search.resume(run_dir, generations=3, observers=[DuckTyped()])
+    assert (run_dir / "config.yaml").read_bytes() == before  # still generations: 1
+    assert Search.resume(run_dir, generations=3).config.search.generations == 3
