@@ -139,3 +139,8 @@ def test_code_imports_the_packages_by_their_certevo_names():
     offenders = [hit for p in _tracked_files() if p.suffix == ".py" for hit in _imports_of_generic_names(ROOT / p)]
     assert offenders == []
 
+
+
+def test_no_module_of_the_package_is_over_the_size_limit():
+    too_long = {str(p): n for p in _package_modules() if (n := len((ROOT / p).read_text().splitlines())) > MAX_MODULE_LINES}
+    assert too_long == {}, f"split these modules (at most {MAX_MODULE_LINES} lines each): {too_long}"
