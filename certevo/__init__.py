@@ -19,9 +19,10 @@ its run directory, tracking and the command line).
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from certevo._lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ _EXPORTS = {
     "load_config": "certevo.search.config",
     "MlflowTracker": "certevo.search.tracking",
     "load_frames": "certevo.search.run_frames",
+    "open_run": "certevo.search.run_directory",
     "Export": "certevo.population.export",
     "read_export": "certevo.population.export",
     "write_export": "certevo.population.export",
@@ -59,17 +61,7 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'certevo' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS, globals())
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
@@ -81,5 +73,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from certevo.search.config import SearchConfig, load_config
     from certevo.search.loop import Search, SearchResult
     from certevo.search.observer import SearchObserver
+    from certevo.search.run_directory import open_run
     from certevo.search.run_frames import load_frames
     from certevo.search.tracking import MlflowTracker

@@ -98,8 +98,9 @@ directory come from ``certevo.search.run_directory``.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from certevo._lazy import lazy_names
 
 #: Public name -> the module that defines it (imported on first use: the modules beside the
 #: tracker, e.g. ``location``, are imported without matplotlib and the tracker's threads).
@@ -113,17 +114,7 @@ _EXPORTS = {
 __all__ = ["MlflowTracker", "TrackingWarning", "flatten_config", "git_commit"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS, globals())
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
