@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from certevo.evaluators.data import DatasetSplits, load_dataset
-from certevo.search.config import SearchConfig, apply_overrides, load_config
+from certevo.evaluators.settings import CertificationSettings, TrainingSettings
+from certevo.evaluators.spec import DataSpec, ModelSpec
+from certevo.search.config import SearchConfig, SearchSettings, apply_overrides, load_config
 
 # torch 2.x warns about torch.jit.script, which auto_LiRPA 0.3 uses while tracing.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
@@ -80,6 +82,16 @@ TINY: list[str] = [
     "genome.sparsities=[0.5,0.9]",
     "cluster.actors=2",
 ]
+
+
+#: The search a run directory is built from by hand in the export and final-training tests.
+EXPORT_CONFIG = SearchConfig(
+    data=DataSpec(name="digits", subset=400, seed=0),
+    model=ModelSpec(kind="mlp", widths=(16, 16)),
+    training=TrainingSettings(method="ibp", epochs=2, lr=5e-3, eps=0.05),
+    certification=CertificationSettings(method="crown", eps=0.05),
+    search=SearchSettings(seed=3),
+)
 
 
 def tiny(*extra: str) -> SearchConfig:

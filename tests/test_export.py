@@ -23,24 +23,17 @@ from torch.nn.utils import prune
 from certevo.evaluators.exported_model import apply_mask_to_model, build_exported_model, make_mask_permanent
 from certevo.evaluators.bounds import bound_module, margin_lower_bounds
 from certevo.evaluators.models import NeuronActivations
-from certevo.evaluators.settings import CertificationSettings, TrainingSettings
-from certevo.evaluators.spec import DataSpec, ModelSpec
 from certevo.population.checkpoint import CheckpointStore
 from certevo.population.errors import CheckpointError, ConfigError, GenomeError
 from certevo.population.export import EXPORT_FORMAT, read_export, write_export
 from certevo.population.genome import Genome, random_genome
 from certevo.population.lineage import LineageRecord
-from certevo.search.config import SearchConfig, SearchSettings
+from certevo.search.config import SearchConfig
 from certevo.search.candidate_export import choose_candidate, export_candidate, knee_point
 from certevo.search.state import Candidate, SearchState, objectives
+from conftest import EXPORT_CONFIG
 
-CONFIG = SearchConfig(
-    data=DataSpec(name="digits", subset=400, seed=0),
-    model=ModelSpec(kind="mlp", widths=(16, 16)),
-    training=TrainingSettings(method="ibp", epochs=2, lr=5e-3, eps=0.05),
-    certification=CertificationSettings(method="crown", eps=0.05),
-    search=SearchSettings(seed=3),
-)
+CONFIG = EXPORT_CONFIG
 
 
 def save_run(run_dir: Path, config: SearchConfig, state: SearchState) -> Path:

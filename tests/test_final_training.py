@@ -16,24 +16,17 @@ from safetensors.torch import load_file
 
 from certevo.evaluators.exported_model import build_exported_model
 from certevo.evaluators.final_training import EpochProgress, load_final_model, train_final
-from certevo.evaluators.settings import CertificationSettings, TrainingSettings
-from certevo.evaluators.spec import DataSpec, ModelSpec
+from certevo.evaluators.settings import CertificationSettings
 from certevo.population.checkpoint import CheckpointStore
 from certevo.population.errors import ConfigError
 from certevo.population.export import read_export
 from certevo.population.genome import random_genome
 from certevo.population.lineage import LineageRecord
-from certevo.search.config import SearchConfig, SearchSettings
 from certevo.search.candidate_export import default_final_dir, export_candidate, train_exported
 from certevo.search.state import Candidate, SearchState, objectives
+from conftest import EXPORT_CONFIG
 
-CONFIG = SearchConfig(
-    data=DataSpec(name="digits", subset=400, seed=0),
-    model=ModelSpec(kind="mlp", widths=(16, 16)),
-    training=TrainingSettings(method="ibp", epochs=2, lr=5e-3, eps=0.05),
-    certification=CertificationSettings(method="crown", eps=0.05),
-    search=SearchSettings(seed=3),
-)
+CONFIG = EXPORT_CONFIG
 
 
 def _exported_run(root, digits_small, sparsity: float, seed: int, *, keep_weights: bool, **evaluate):
