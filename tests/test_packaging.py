@@ -43,7 +43,10 @@ def wheel(tmp_path_factory) -> Path:
     for rel in _tracked_files():
         (source / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, source / rel)
-    out_dir = tmp_path_factory.mktemp("wheel")
+    return _build_wheel(source, tmp_path_factory.mktemp("wheel"))
+
+
+def _build_wheel(source: Path, out_dir: Path) -> Path:
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
          "-w", str(out_dir), str(source)],
@@ -53,13 +56,17 @@ def wheel(tmp_path_factory) -> Path:
     return path
 
 
+def _missing_modules(wheel: Path) -> list[str]:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    inside = (m.as_posix() if m.parts[0] == "certevo" else f"certevo/{m.as_posix()}" for m in _package_modules())
+    return [name for name in inside if name not in names]
+
+
 def test_the_wheel_installs_one_top_level_package_holding_every_module(wheel):
+    assert _missing_modules(wheel) == [], "add their packages to pyproject.toml"
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
     assert tops == {"certevo", wheel.name.removesuffix("-py3-none-any.whl") + ".dist-info"}, tops
-    for module in _package_modules():
-        inside = module.as_posix() if module.parts[0] == "certevo" else f"certevo/{module.as_posix()}"
-        assert inside in names, f"{module} is not in the wheel as {inside}: add its package to pyproject.toml"
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert "certevo = certevo.search.cli:main" in entry_points
@@ -144,3 +151,22 @@ def test_code_imports_the_packages_by_their_certevo_names():
 def test_no_module_of_the_package_is_over_the_size_limit():
     too_long = {str(p): n for p in _package_modules() if (n := len((ROOT / p).read_text().splitlines())) > MAX_MODULE_LINES}
     assert too_long == {}, f"split these modules (at most {MAX_MODULE_LINES} lines each): {too_long}"
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
+def test_the_cluster_images_copy_everything_pip_needs(dockerfile, tmp_path):
+    """What the image's COPY lines put in its build directory (cluster/configs/Dockerfile*)
+    builds the whole package, as the image's ``pip install .`` does."""
+    context = tmp_path / "image"
+    context.mkdir()
+    lines = (ROOT / "cluster" / "configs" / dockerfile).read_text().splitlines()
+    copies = [[word for word in line.split()[1:] if not word.startswith("--")] for line in lines if line.startswith("COPY ")]
+    assert copies, dockerfile
+    for *sources, destination in copies:
+        for source in sources:
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, context / destination, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(ROOT / source, context / destination)
+    assert _missing_modules(_build_wheel(context, tmp_path / "wheel")) == []
