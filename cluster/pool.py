@@ -27,7 +27,6 @@ from certevo.evaluators.fitness import FitnessRecord
 from certevo.evaluators.lirpa_compat import AutoLirpaMissing
 from certevo.evaluators.spec import EvaluationSpec
 from certevo.population.errors import CertevoError
-from certevo.population.genome import Genome
 
 
 class ClusterError(CertevoError):
