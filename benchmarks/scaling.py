@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from certevo.cluster.connect import connect  # noqa: E402
-from certevo.cluster.pool import EvaluationPool, EvaluationTask, _failed  # noqa: E402
+from certevo.cluster.pool import EvaluationPool, EvaluationTask  # noqa: E402
+from certevo.evaluators.evaluator import Evaluation  # noqa: E402
+from certevo.evaluators.fitness import FitnessRecord  # noqa: E402
 from certevo.population.genome import random_genome  # noqa: E402
 from certevo.population.seeds import derive_seed  # noqa: E402
 from certevo.search.config import load_config  # noqa: E402
@@ -50,7 +52,7 @@ class StubActor:
         return self.name
 
     def evaluate_batch(self, tasks: list[EvaluationTask]):
-        return [_failed(task, "stub") for task in tasks], self.name, 0.0
+        return [Evaluation(FitnessRecord.failed(task.genome, "stub")) for task in tasks], self.name, 0.0
 
 
 def candidates(config, count: int):
