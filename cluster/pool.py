@@ -153,11 +153,31 @@ class EvaluationPool:
         queue.extend(kept)
         return batch
 
-    def run(self, tasks: list[EvaluationTask], on_dispatch: Callable[[EvaluationTask, Any], None] | None = None) -> Iterator[TaskResult]:
-        """Evaluate every task, yielding results as they finish (in completion order)."""
+    def run(
+        self,
+        tasks: list[EvaluationTask],
+        on_dispatch: Callable[[EvaluationTask, Any], None] | None = None,
+        refill: Callable[[int], list[EvaluationTask]] | None = None,
+    ) -> Iterator[TaskResult]:
+        """Evaluate every task, yielding results as they finish (in completion order).
+
+        ``refill`` feeds the pool on demand: whenever the queue is empty and ``n >= 1``
+        actors are idle, the pool calls ``refill(n)`` and queues the tasks it returns; ``[]``
+        means "nothing more for now" (it is asked again when an actor next frees up). It
+        runs in the consumer's thread, between yields, so it sees every result the consumer
+        has absorbed so far. With ``refill`` the generator ends when the queue is empty,
+        nothing is busy and ``refill`` has just returned ``[]``; without it, when every task
+        has yielded its result.
+        """
         queue: deque[EvaluationTask] = deque(tasks)
         busy = self._busy
-        while queue or busy:
+        while True:
+            if refill is not None and not queue and self._idle:
+                queue.extend(refill(len(self._idle)))
+                if not queue and not busy:
+                    return
+            if refill is None and not queue and not busy:
+                return
             while queue and self._idle:
                 actor = self._idle.popleft()
                 batch = self._next_batch(queue)
