@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ from certevo.evaluators.bounds import BoundedModuleCache, VerifierError, bound_m
 from certevo.evaluators.certification import certify
 from certevo.evaluators.data import DatasetSplits
 from certevo.evaluators.device import DEFAULT_STACK_SIZE, resolve_device
+from certevo.evaluators.evaluation import Evaluation, EvaluationRequest  # also importable from here
 from certevo.evaluators.fitness import FitnessRecord
 from certevo.evaluators.lirpa_compat import AutoLirpaMissing
 from certevo.evaluators.models import ModelTemplate, activation_pattern_key
@@ -25,41 +26,6 @@ from certevo.evaluators.stacked import NotStackable, StackedNetwork
 from certevo.evaluators.training import TrainingDiverged, dense_gradients, train_masked
 from certevo.population.genome import UNCERTIFIABLE_ACTIVATIONS, Genome
 from certevo.population.seeds import derive_seed
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """A fitness record plus, when asked for, the trained weights (the model's state dict)
-    and the absolute dense gradient of each prunable layer's weight (for guided,
-    Lamarckian variation: see certevo.population.guided_operators)."""
-
-    record: FitnessRecord
-    weights: dict[str, torch.Tensor] | None = None
-    gradients: dict[str, torch.Tensor] | None = None
-
-
-@dataclass(frozen=True)
-class EvaluationRequest:
-    """One candidate to evaluate and how.
-
-    ``initial_weights`` (e.g. a parent's trained weights) replace the seeded init and are
-    masked to the genome; training from them starts at the full eps (they are already
-    robustly trained: ramping eps up again from 0 would spend the short training undoing
-    that). ``epochs`` overrides the training length; ``prior_epochs`` (the training the
-    initial weights carry) and ``inherited_from`` (their candidate) go into the record.
-    ``keep_weights`` returns the trained weights and gradients."""
-
-    genome: Genome
-    initial_weights: Mapping[str, torch.Tensor] | None = None
-    epochs: int | None = None
-    keep_weights: bool = False
-    prior_epochs: int = 0
-    inherited_from: str | None = None
-
-    @property
-    def key(self) -> str:
-        """The candidate id."""
-        return self.genome.id
 
 
 class CandidateEvaluator:

@@ -16,7 +16,7 @@ import yaml
 
 from certevo.cluster.connect import check_reachable, connect
 from certevo.cluster.island_hosts import host_islands
-from certevo.cluster.pool import EvaluationPool, EvaluationTask
+from certevo.cluster.pool import EvaluationPool, EvaluationTask, EvaluatorActor
 from certevo.evaluators.models import make_template
 from certevo.population.errors import ConfigError
 from certevo.population.files import atomic_write
@@ -56,6 +56,10 @@ def best_at_levels(front: Sequence[Candidate], levels: Sequence[float] = SPARSIT
 
 class Search:
     """One search in one run directory. Only this driver writes checkpoints."""
+
+    #: The class of the pool's evaluator actors (benchmarks/scaling.py sets a stub with the
+    #: same methods on a search, to measure the driver and the pool without training).
+    actor_class: type = EvaluatorActor
 
     def __init__(self, config: SearchConfig, run_dir: Path, state: SearchState, observers: Sequence[SearchObserver] = ()) -> None:
         self.config = config
@@ -184,7 +188,8 @@ class Search:
             if device == "cuda":
                 actors = min(actors, max(1, int(resources["GPU"] // cluster.gpus_per_actor)))
         return EvaluationPool(self.config.evaluation_spec(), actors, cpus_per_actor=cluster.cpus_per_actor,
-                              device=device, gpus_per_actor=cluster.gpus_per_actor, batch_size=cluster.batch_size)
+                              device=device, gpus_per_actor=cluster.gpus_per_actor, batch_size=cluster.batch_size,
+                              actor_class=self.actor_class)
 
     def _kstarts(self) -> None:
         proposals = self.strategy.kstart_proposals(self.state)
