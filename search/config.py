@@ -28,6 +28,7 @@ STRATEGIES = ("nsga2", "coevolution")
 INITS = ("kstarts+prune", "kstarts")
 KSTART_SCORES = ("magnitude", "gradient", "combined", "certified")
 EXTRA_OBJECTIVES = ("clean_accuracy", "evaluation_time")
+MODES = ("generational", "asynchronous")
 
 
 def _is_int(value: Any) -> bool:
@@ -135,9 +136,14 @@ class SearchSettings:
     islands: int = 1
     migration_interval: int = 2
     migrants: int = 2
+    #: ``generational``: each generation waits for all its offspring (bit-reproducible);
+    #: ``asynchronous``: steady state, a new child whenever a worker frees up
+    #: (certevo.search.steady_state).
+    mode: str = "generational"
 
     def __post_init__(self) -> None:
         check_choice("search.strategy", self.strategy, STRATEGIES, "a strategy")
+        check_choice("search.mode", self.mode, MODES, "a search mode")
         for name, minimum in (("population_size", 2), ("generations", 0), ("kstarts", 1), ("inherit_epochs", 1),
                               ("islands", 1), ("migration_interval", 1), ("migrants", 1)):
             value = getattr(self, name)

@@ -30,6 +30,7 @@ from certevo.search.journal import EvaluationJournal, journal_digest
 from certevo.search.observer import SearchObserver, check_observers  # SearchObserver: also importable from here
 from certevo.search.run_directory import RunDirectory, open_run
 from certevo.search.state import Candidate, SearchState, objectives, split_trained, trained_arrays
+from certevo.search.steady_state import SteadyState
 from certevo.search.strategies import PRUNED_START_ALLOCATIONS, CoevolutionStrategy, Proposal, Strategy, make_strategy
 
 SPARSITY_LEVELS = (0.5, 0.9, 0.95, 0.99)
@@ -156,8 +157,11 @@ class Search:
                 self._kstarts()
             if self.state.generation < self.config.search.generations and self._budget_left() > 0:
                 self._start_islands()
-            while self.state.generation < self.config.search.generations and self._budget_left() > 0:
-                self._generation()
+            if self.config.search.mode == "asynchronous":
+                SteadyState(self).run()
+            else:
+                while self.state.generation < self.config.search.generations and self._budget_left() > 0:
+                    self._generation()
         except BaseException as exc:  # Ctrl-C included: observers close what they opened
             for observer in self.observers:
                 observer.on_error(self, exc)
@@ -304,8 +308,8 @@ class Search:
                 self.state.lineage.add(LineageRecord(cid, proposal.parents, proposal.operator, generation,
                                                      objectives(record, extra), record.to_dict()))
 
-    def _end_generation(self, offspring: int) -> None:
-        keep = set(self.state.population)
+    def _end_generation(self, offspring: int, keep_weights: Sequence[str] = ()) -> None:
+        keep = set(self.state.population) | set(keep_weights)  # plus in-flight children's parents (asynchronous)
         self.state.weights = {k: v for k, v in self.state.weights.items() if k in keep}
         front = self.state.front()
         elapsed = time.perf_counter() - self.started

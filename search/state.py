@@ -81,6 +81,11 @@ class SearchState:
     weights: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     #: Per island, its state after the last generation (see certevo.search.island_model).
     islands: list[dict[str, Any]] = field(default_factory=list)
+    #: Asynchronous mode (certevo.search.steady_state): proposals handed out and not yet
+    #: absorbed, each ``{"island", "genome", "parents", "operator", "inherit_from"}``.
+    in_flight: list[dict[str, Any]] = field(default_factory=list)
+    #: Asynchronous mode: proposals absorbed since the last generation ended.
+    absorbed: int = 0
 
     def add(self, candidate: Candidate) -> None:
         """Put an evaluated candidate in the archive (once)."""
@@ -100,6 +105,8 @@ class SearchState:
     def to_checkpoint(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """JSON state and named arrays for a CheckpointStore."""
         manifests, arrays = pack_genomes([c.genome for c in self.archive.values()])
+        flying, flying_arrays = pack_genomes([p["genome"] for p in self.in_flight])
+        arrays.update(flying_arrays)  # keyed by genome id: an archived genome's masks are the same
         for cid, tensors in self.weights.items():
             for name, value in tensors.items():
                 arrays[f"weights/{cid}/{name}"] = value
@@ -116,6 +123,9 @@ class SearchState:
             "history": self.history,
             "islands": self.islands,
         }
+        if self.in_flight or self.absorbed:  # asynchronous mode only: generational checkpoints stay as they were
+            state["in_flight"] = [{**p, "genome": m, "parents": list(p["parents"])} for m, p in zip(flying, self.in_flight)]
+            state["absorbed"] = self.absorbed
         return state, arrays
 
     @classmethod
@@ -132,6 +142,9 @@ class SearchState:
                 g.id: Candidate(g, FitnessRecord.from_dict(entry["record"]))
                 for g, entry in zip(genomes, state["archive"])
             }
+            flying = state.get("in_flight", [])
+            in_flight = [{**p, "genome": g, "parents": tuple(p["parents"])}
+                         for g, p in zip(unpack_genomes([p["genome"] for p in flying], arrays), flying)]
             weights: dict[str, dict[str, np.ndarray]] = {}
             for key, value in arrays.items():
                 if key.startswith("weights/"):
@@ -147,6 +160,8 @@ class SearchState:
                 history=list(state["history"]),
                 weights=weights,
                 islands=list(state.get("islands", [])),
+                in_flight=in_flight,
+                absorbed=int(state.get("absorbed", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{where} is missing or has bad search state ({type(exc).__name__}: {exc}); "

@@ -3,12 +3,19 @@ on demand, and searches in ``search.mode: asynchronous``."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
+import yaml
 
 from certevo.cluster.pool import EvaluationPool, EvaluationTask
 from certevo.population.genome import random_genome
+from certevo.population.selection import hypervolume_2d
 from certevo.population.seeds import derive_seed
-from conftest import tiny
+from certevo.search.loop import Search
+from conftest import tiny, tiny_config
+from test_cli import run
 
 
 def _genomes(count: int) -> list:
@@ -60,4 +67,79 @@ def test_the_pool_without_refill_runs_exactly_its_tasks(ray_session):
     finally:
         pool.shutdown()
     assert sorted(keys) == sorted(g.id for g in genomes)
+
+
+def _journal_ids(run_dir) -> list[str]:
+    return [json.loads(line)["id"] for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def asynchronous_run(ray_session, tmp_path_factory):
+    """A tiny asynchronous search run to its end."""
+    search = Search.create(tiny("search.mode=asynchronous"), tmp_path_factory.mktemp("async") / "run")
+    search.run()
+    return search
+
+
+def test_an_asynchronous_search_completes_with_every_generation_recorded(asynchronous_run):
+    search = asynchronous_run
+    settings = search.config.search
+    history = search.state.history
+    assert [h["generation"] for h in history] == list(range(settings.generations + 1))
+    # Every generation after the K-starts is a population's worth of absorbed children;
+    # nothing in flight was dropped at the end and nothing beyond the last one proposed.
+    assert [h["offspring"] for h in history[1:]] == [settings.population_size] * settings.generations
+    assert json.loads((search.run_dir / "front.json").read_text())["generations"] == settings.generations
+    assert not search.pool.in_flight()
+    # The evaluations (6 at generation 0, then 4 children a generation; a child whose genome
+    # was already evaluated is looked up, not evaluated again) are all in the archive.
+    assert 6 < len(search.state.archive) <= 6 + settings.generations * settings.population_size
+    assert history[-1]["evaluations"] == len(search.state.archive)
+
+
+def test_its_journal_holds_each_candidate_once_and_its_lineage_every_child(asynchronous_run):
+    search = asynchronous_run
+    ids = _journal_ids(search.run_dir)
+    assert len(ids) == len(set(ids)) == len(search.state.archive)
+    assert set(ids) == set(search.state.archive)
+    for cid in search.state.archive:
+        record = search.state.lineage.get(cid)
+        assert record.operator == "kstart" or record.parent_ids  # children have parents
+        assert all(parent in search.state.archive for parent in record.parent_ids)
+    # Children that inherit weights record which candidate they started from.
+    children = [c for c in search.state.archive.values() if search.state.lineage.get(c.id).generation > 0]
+    assert children and all(c.record.inherited_from in search.state.archive for c in children if c.record.ok)
+
+
+def test_its_final_front_dominates_generation_0(asynchronous_run):
+    history = asynchronous_run.state.history
+    first = [(s, a) for _, s, a in history[0]["front"]]
+    final = [(s, a) for _, s, a in history[-1]["front"]]
+    assert hypervolume_2d(final) >= hypervolume_2d(first) > 0
+    for s0, a0 in first:  # every point of generation 0's front is weakly dominated
+        assert any(s >= s0 and a >= a0 for s, a in final)
+
+
+def test_an_unknown_search_mode_is_refused_naming_the_field_the_value_and_the_fix(tmp_path):
+    config = tmp_path / "sideways.yaml"
+    config.write_text(yaml.safe_dump(tiny_config("search.mode=sideways")))
+    out = run("launch", str(config), "--run-dir", str(tmp_path / "run"))
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "search.mode" in out.stderr and "'sideways'" in out.stderr
+    assert "use one of generational, asynchronous" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_asynchronous_search_with_two_islands_completes(ray_session, tmp_path):
+    search = Search.create(tiny("search.mode=asynchronous", "search.islands=2", "search.generations=2",
+                                "search.migration_interval=1", "search.migrants=1"), tmp_path / "islands")
+    search.run()
+    history = search.state.history
+    assert [h["generation"] for h in history] == [0, 1, 2]
+    # A generation is population_size x islands absorbed children, and ring migration ran.
+    assert [h["offspring"] for h in history[1:]] == [8, 8]
+    assert all("migrants" in h for h in history[1:])
+    assert len(search.state.islands) == 2
+    ids = _journal_ids(search.run_dir)
+    assert len(ids) == len(set(ids)) == len(search.state.archive)
 
