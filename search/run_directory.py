@@ -7,6 +7,8 @@ Every module that reads or writes a run directory takes its names from here::
     checkpoint/arrays-<sha>.safetensors   (certevo.population.checkpoint.CheckpointStore)
     evaluations.jsonl                every finished evaluation (certevo.search.journal)
     evaluations.damaged.jsonl        damaged journal lines, set aside
+    since_checkpoint.jsonl           asynchronous mode: children proposed and absorbed since the
+                                     last checkpoint, replayed by a resume (certevo.search.steady_state)
     weights/<candidate id>.safetensors   trained weights kept for weight inheritance
     front.json                       the final front, written when the search ends
     .certevo.lock                    the driver's lock (certevo.search.run_lock)
@@ -49,6 +51,7 @@ CHECKPOINT_DIR = "checkpoint"
 MANIFEST = f"{CHECKPOINT_DIR}/{MANIFEST_NAME}"
 JOURNAL_FILE = "evaluations.jsonl"
 DAMAGED_JOURNAL_FILE = "evaluations.damaged.jsonl"
+SINCE_CHECKPOINT_FILE = "since_checkpoint.jsonl"
 WEIGHTS_DIR = "weights"
 FRONT_FILE = "front.json"
 LOCK_FILE = ".certevo.lock"
@@ -71,7 +74,7 @@ __all__ = [
     "ARTIFACTS_DIR", "CHECKPOINT_DIR", "CONFIG_FILE", "DAMAGED_JOURNAL_FILE", "FRONTS_DIR", "FRONT_FILE",
     "FRONT_GENERATION_PNG", "FRONT_HTML", "FRONT_PNG", "HISTORY_PNG", "JOURNAL_FILE", "LINEAGE_CSV", "LINEAGE_PNG",
     "LOCK_FILE", "MANIFEST", "MASKS_DIR", "MLFLOW_ARTIFACT_ROOT", "MLFLOW_DATABASE", "MLFLOW_RUN_FILE",
-    "REMOTE_LOCK_FILE", "WEIGHTS_DIR", "OpenedRun", "RunDirectory", "check_same_config", "open_run",
+    "REMOTE_LOCK_FILE", "SINCE_CHECKPOINT_FILE", "WEIGHTS_DIR", "OpenedRun", "RunDirectory", "check_same_config", "open_run",
 ]
 
 
@@ -108,6 +111,11 @@ class RunDirectory:
     def damaged_journal(self) -> Path:
         """Where damaged journal lines are set aside."""
         return self.root / DAMAGED_JOURNAL_FILE
+
+    @property
+    def since_checkpoint(self) -> Path:
+        """Asynchronous mode: what happened since the last checkpoint, for a resume to replay."""
+        return self.root / SINCE_CHECKPOINT_FILE
 
     @property
     def weights(self) -> Path:

@@ -22,8 +22,17 @@ child whose genome was already evaluated is looked up, not evaluated again, and 
 too), and never more than the evaluation budget allows; the last generation waits for its
 last results, so nothing in flight is dropped and nothing extra is evaluated.
 
-Resume after a stop re-proposes from the last checkpoint (children in flight then are
-not recorded yet).
+Resume: checkpoints record the children in flight (genome, parents, operator, the parent
+whose weights they inherit, the proposing island) and the weights of those parents, and
+``since_checkpoint.jsonl`` (certevo.search.run_directory) lists what happened after the
+checkpoint: the children each island proposed (their ids) and the order results were
+absorbed in. A resumed search proposes the checkpoint's children in flight again first, then
+replays that list (the islands are deterministic, so they propose the same children again),
+taking the results from the journal (``Search._cached``). Nothing journaled is evaluated
+again or left out of the archive; what was still running when the driver stopped is
+evaluated again. The list is flushed, not fsync'd: a killed driver loses none of it, a
+machine that loses power may lose its tail (those results then stay in the journal only,
+and are looked up, not evaluated again, if proposed again).
 
 Determinism: children are drawn from the islands' RNGs as in the generational mode, but
 results arrive in the order workers finish, which decides the populations later children
@@ -33,25 +42,63 @@ use ``search.mode: generational`` for that.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from certevo.cluster.pool import EvaluationTask, TaskResult
+from certevo.population.files import atomic_write
 from certevo.population.lineage import LineageRecord
+from certevo.search.run_directory import RunDirectory
 from certevo.search.state import Candidate, objectives, trained_arrays
 from certevo.search.strategies import Proposal
 
 if TYPE_CHECKING:
     from certevo.search.loop import Search
 
-__all__ = ["SteadyState", "in_flight_target"]
+__all__ = ["SinceCheckpoint", "SteadyState", "in_flight_target"]
 
 
 def in_flight_target(population_size: int, actors: int) -> int:
     """How many children the driver keeps proposed and not yet absorbed: one per actor,
     and at least a population's worth, so that few actors still get batches."""
     return max(population_size, actors)
+
+
+class SinceCheckpoint:
+    """``since_checkpoint.jsonl``: one JSON event a line, each tagged with the generation
+    of the checkpoint it follows (``after``), so a line left from before a checkpoint (the
+    driver stopped between saving it and emptying this file) is never replayed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def events(self, after: int) -> list[dict[str, Any]]:
+        """The events that follow checkpoint ``after``, in order (a torn last line ends them)."""
+        try:
+            lines = self.path.read_bytes().split(b"\n")
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                break
+            if isinstance(event, dict) and event.get("after") == after:
+                out.append(event)
+        return out
+
+    def write(self, events: list[dict[str, Any]]) -> None:
+        """Replace the file by ``events`` (empty after a checkpoint)."""
+        atomic_write(self.path, b"".join(json.dumps(e).encode() + b"\n" for e in events))
+
+    def append(self, event: dict[str, Any]) -> None:
+        """One event, flushed to the operating system (a killed driver keeps it)."""
+        with open(self.path, "ab") as handle:
+            handle.write(json.dumps(event).encode() + b"\n")
 
 
 @dataclass
@@ -73,6 +120,8 @@ class SteadyState:
         self.flights: dict[str, _Flight] = {}
         self.pending: deque[tuple[int, Proposal]] = deque()  # drawn, not yet routed by _take
         self.turn = 0  # the island that proposes next
+        self.since = SinceCheckpoint(RunDirectory(search.run_dir).since_checkpoint)
+        self.replaying = False
 
     # -- limits ---------------------------------------------------------------------
     def _proposals_left(self) -> int:
@@ -100,8 +149,48 @@ class SteadyState:
             self._end_step()
 
     def _resume(self) -> list[EvaluationTask]:
-        """Nothing to rebuild yet: children in flight at a stop are not checkpointed."""
-        return []
+        """Rebuild what happened since the checkpoint: its children in flight, then the
+        replayed events; returns the tasks of the children whose results are not journaled."""
+        self.pending.extend(
+            (int(p["island"]), Proposal(p["genome"], tuple(p["parents"]), p["operator"], p["inherit_from"]))
+            for p in self.state.in_flight)
+        self.state.in_flight = []
+        self.replaying = True
+        generation, replayed = self.state.generation, []
+        for event in self.since.events(generation):
+            redone = self._replay(event)
+            if redone is None:
+                break
+            replayed.append(redone)
+            if redone != event or self.state.generation != generation:
+                break
+        self.replaying = False
+        if self.state.generation == generation:  # (a generation that ended while replaying emptied the file)
+            self.since.write(replayed)  # what was not redone must not be replayed by a later resume
+        tasks = []
+        for cid, flight in list(self.flights.items()):  # finished before the stop: absorbed now
+            if cid in self.search._cached:
+                self._absorb(cid, self.search._cached[cid], self.search.journal.weights(cid))
+            else:
+                tasks.append(self._task(flight.proposal))
+        return tasks
+
+    def _replay(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """Redo one event; returns it as it happened this time (a proposal whose children
+        differ stops the replay after it), or None if it cannot be redone (stop before it)."""
+        if "offspring" in event:
+            island, count = int(event["offspring"]), int(event["count"])
+            host = self.search.islands[island]
+            proposals = host.result(host.submit("offspring", count))
+            self.turn = int(event["turn"])
+            self.pending.extend((island, p) for p in proposals)
+            self._take_pending()
+            return {**event, "ids": [p.genome.id for p in proposals]}
+        cid = event.get("absorb")
+        if cid not in self.flights or cid not in self.search._cached:
+            return None
+        self._absorb(cid, self.search._cached[cid], self.search.journal.weights(cid))
+        return event
 
     def _refill(self, idle: int) -> list[EvaluationTask]:
         """New tasks for the pool (``idle`` actors are free): up to the in-flight target,
@@ -127,12 +216,14 @@ class SteadyState:
         pending = {i: islands[i].submit("offspring", counts[i]) for i in order}
         for i in order:
             proposals = islands[i].result(pending[i])
+            self.since.append({"after": self.state.generation, "offspring": i, "count": counts[i],
+                               "ids": [p.genome.id for p in proposals], "turn": self.turn})
             self.pending.extend((i, p) for p in proposals)
 
     def _take_pending(self) -> list[EvaluationTask]:
         """Route the drawn children: a genome already evaluated is absorbed now, one being
-        evaluated gets another waiter, a new one becomes a flight (its result
-        taken from the journal, or a task)."""
+        evaluated gets another waiter, a new one becomes a flight (and, unless replaying,
+        its result is taken from the journal or it becomes a task)."""
         tasks = []
         while self.pending:
             island, proposal = self.pending.popleft()
@@ -143,6 +234,8 @@ class SteadyState:
                 self._accept(island, proposal, self.state.archive[cid])
             else:
                 self.flights[cid] = _Flight(proposal, [(island, proposal)])
+                if self.replaying:
+                    continue
                 if cid in self.search._cached:  # finished before an interruption
                     self._absorb(cid, self.search._cached[cid], self.search.journal.weights(cid))
                 else:
@@ -169,6 +262,8 @@ class SteadyState:
 
     def _absorb(self, cid: str, record: Any, arrays: Any) -> None:
         """A finished evaluation into archive and lineage, then into every waiting island."""
+        if not self.replaying:  # before the islands change: a generation may end (and empty the file) below
+            self.since.append({"after": self.state.generation, "absorb": cid})
         flight = self.flights.pop(cid)
         proposal = flight.proposal
         candidate = Candidate(proposal.genome, record)
@@ -193,7 +288,7 @@ class SteadyState:
 
     def _end_step(self) -> None:
         """A generation's worth of children absorbed: snapshots, migration when due, the
-        history entry, the checkpoint and the observers."""
+        history entry, the checkpoint (with what is in flight) and the observers."""
         search, settings = self.search, self.search.config.search
         offspring = min(self.state.absorbed, self.step)
         self.state.absorbed -= offspring
@@ -207,7 +302,14 @@ class SteadyState:
         patterns = [p for s in snapshots for p in s["activation_population"]]
         self.state.activation_population = [p for k, p in enumerate(patterns) if p not in patterns[:k]]
         waiting = [w for flight in self.flights.values() for w in flight.waiters] + list(self.pending)
+        self.state.in_flight = [
+            {"island": island, "genome": p.genome, "parents": p.parents, "operator": p.operator,
+             "inherit_from": p.inherit_from}
+            for island, p in waiting
+        ]
         parents = [p.inherit_from for _, p in waiting if p.inherit_from is not None]
         search._end_generation(offspring, keep_weights=parents)
+        self.state.in_flight = []
+        self.since.write([])
         for island, snapshot in zip(search.islands, snapshots):
             island.checkpointed(search._island_args(snapshot))

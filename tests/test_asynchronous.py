@@ -4,6 +4,10 @@ on demand, and searches in ``search.mode: asynchronous``."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +19,7 @@ from certevo.population.selection import hypervolume_2d
 from certevo.population.seeds import derive_seed
 from certevo.search.loop import Search
 from conftest import tiny, tiny_config
-from test_cli import run
+from test_cli import ROOT, certevo_exe, run
 
 
 def _genomes(count: int) -> list:
@@ -143,3 +147,49 @@ def test_an_asynchronous_search_with_two_islands_completes(ray_session, tmp_path
     ids = _journal_ids(search.run_dir)
     assert len(ids) == len(set(ids)) == len(search.state.archive)
 
+
+def test_a_killed_asynchronous_driver_resumes_losing_and_repeating_nothing(ray_session, tmp_path):
+    import ray
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config("search.generations=4")))
+    run_dir = tmp_path / "killed"
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.Popen([certevo_exe(), "launch", str(config), "--set", "search.mode=asynchronous",
+                             "--address", ray.get_runtime_context().gcs_address, "--run-dir", str(run_dir)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    checkpoint, journal = run_dir / "checkpoint" / "state.json", run_dir / "evaluations.jsonl"
+    deadline = time.time() + 300
+    # Kill it mid-search, when a checkpoint lists children in flight and one of them has
+    # finished since (journaled, not yet checkpointed).
+    while True:
+        assert proc.poll() is None, "the search ended before it could be killed: " + proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "no checkpoint with children in flight in time"
+        if checkpoint.is_file() and journal.is_file():
+            state = json.loads(checkpoint.read_text())["state"]
+            flying = {p["genome"]["id"] for p in state.get("in_flight", [])}
+            if state["generation"] >= 1 and flying & set(_journal_ids(run_dir)):
+                break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    before = _journal_ids(run_dir)
+    state = json.loads(checkpoint.read_text())["state"]
+    checkpointed = [entry["genome"]["id"] for entry in state["archive"]]
+    flying = [p["genome"]["id"] for p in state["in_flight"]]
+    assert flying and state["generation"] < 4
+
+    out = run("resume", str(run_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    after = _journal_ids(run_dir)
+    final = json.loads(checkpoint.read_text())["state"]
+    archive = {entry["genome"]["id"] for entry in final["archive"]}
+    assert json.loads((run_dir / "front.json").read_text())["generations"] == 4
+    # Nothing journaled was evaluated again (an evaluation appends its id), nothing is lost:
+    # the journal still holds every record from before the kill, and the archive holds what
+    # the checkpoint had, the children that were in flight, and everything journaled.
+    assert len(after) == len(set(after))
+    assert after[:len(before)] == before
+    assert set(checkpointed) | set(flying) | set(before) <= archive
+    assert set(after) == archive
