@@ -1,41 +1,33 @@
 """Scaling: how busy the real search keeps many workers, in both search modes, and how many
 results per second its driver takes in; the figure for 1,000 workers is simulated.
 
-* Utilisation at ``--workers`` (64): the real search loop (``Search.create(config,
-  run_dir).run()``, default digits config and population of 12) on a real local Ray that
-  offers ``--workers`` logical CPUs, with stub evaluator actors (``Search.actor_class``).
-  A stub imports no torch (checked in every actor), trains nothing: it sleeps a log-normal
-  time per candidate (median 1 s x ``--time-scale``, sigma 0.5, drawn from the candidate's
-  id) and returns a made-up record, deterministic in the genome (certified accuracy falls
-  smoothly with sparsity and with unequal layer sparsities, plus a small perturbation from
-  the id), so NSGA-II has a front to work on. Generational: ``--generations`` generations;
-  asynchronous: ``--async-rounds`` x workers children (as generations of 12).
-  Utilisation = the time the stubs spent sleeping / (workers x wall time) over the
-  *evolutionary phase*: from the end of the K-starts (once every actor is up: 64 processes
-  take ~30 s to start on this 2-core machine) to the last dispatch (while the search had
-  work to give; generational: every generation but the last, barrier included). ``whole``
-  adds the final drain, waiting for the last results. Median and spread over ``--repeats``.
-* Driver capacity: the same searches with stubs that return at once (``--capacity-workers``
-  actors, ``--capacity-generations`` generations): results/s at saturation, and the driver's
-  time per 12 results (a generation's worth) against the archive's size, fitted as
-  c0 + c1 a + c2 a^2 (the work ending every generation, in both modes, sorts the whole
-  archive for its Pareto front and hypervolume and checkpoints all of it; each part is
-  timed again on the finished search).
-* 1,000 workers (``--simulate``): a discrete-event simulation, not a measurement. Workers
-  draw durations from the same distribution at full scale (median 1 s); the driver is one
-  server taking results in arrival order, each costing 1/12 of the fitted time per 12
-  results at the archive's size then (extrapolated past the archive sizes measured; also
-  printed with that time held at its K-starts value); a dispatch and a result each take
-  half the measured Ray round trip. Generational: each generation lasts its slowest
-  candidate plus the driver's time per generation. Asynchronous runs ``--async-rounds`` x
-  workers evaluations. The same simulation at the measured worker count and time scale is
-  printed beside the measurement, as its check.
-* With ``--stub-tasks``: the pool and journal alone (2 stub actors, no search) absorb results
-  at this rate (``driver_results_per_second``, the figure of earlier versions). With
-  ``--rounds`` > 0: the real evaluator's throughput on 1 and 2 actors (minutes per round).
+* Utilisation at ``--workers`` (64): the real search (``Search.create(config, run_dir).run()``,
+  default digits config, population 12) on a local Ray offering ``--workers`` logical CPUs,
+  with stub actors (``Search.actor_class``) that import no torch (checked in each) and sleep
+  a log-normal time per candidate (median 1 s x ``--time-scale``, sigma 0.5, drawn from its
+  id), returning a record deterministic in the genome (certified accuracy falls smoothly
+  with sparsity and unequal layer sparsities, +-1.5 points from the id). Generational runs
+  ``--generations``; asynchronous ``--async-rounds`` x workers children. Utilisation = stub
+  sleep / (workers x wall) over the evolutionary phase: from the end of the K-starts, once
+  every actor is up (64 take ~30 s to start here), to the last dispatch; ``whole`` adds the
+  final drain. Median and spread over ``--repeats``.
+* Driver capacity: the same searches with stubs that return at once (``--capacity-workers``):
+  results/s at saturation, and the driver's time per 12 results against the archive size a,
+  fitted as c0 + c1 a + c2 a^2 (every generation ends with a Pareto sort of the whole
+  archive and a checkpoint of all of it; each part is timed again on the finished search).
+* 1,000 workers (``--simulate``): a discrete-event simulation. Durations from the same
+  distribution at full scale; the driver is one server taking results in arrival order, each
+  costing 1/12 of the fitted time per 12 results at the archive size then (extrapolated
+  past the sizes measured; also printed held at its K-starts value); dispatch and result
+  each take half the measured Ray round trip; a generation lasts its slowest candidate plus
+  the driver's time. Checked against the measurement at ``--workers``.
+* ``--stub-tasks``: the pool and journal alone (``driver_results_per_second``, the figure of
+  earlier versions); ``--rounds`` > 0: the real evaluator on 1 and 2 actors (``speedup_ratio``).
 
 The last line is JSON (``utilization_async_64``, ``utilization_generational_64``,
-``driver_results_per_s``, ``utilization_*_1000_simulated``, ...).
+``driver_results_per_s``, ``utilization_*_1000_simulated``, ``ratio``: asynchronous over
+generational utilisation). The default run takes about 5 minutes here, mostly starting 64
+actor processes per search.
 
     python benchmarks/scaling.py [--workers 64] [--repeats 3] [--time-scale 1] [--simulate 1000]
 """
@@ -141,6 +133,8 @@ class Timeline(SearchObserver):
         self.results: list[tuple[float, float, float, str, bool]] = []  # arrival, start, end, worker, torch
         self.window_start: float | None = None
         self.workers: dict[str, float] = {}
+        self.cpu_start = 0.0
+        self.driver_cores = 0.0
 
     def on_generation(self, search, summary) -> None:
         if summary["generation"] != 0 or self.window_start is not None:
@@ -154,18 +148,38 @@ class Timeline(SearchObserver):
             t = time.perf_counter()
             ray.get(actors[0].ready.remote())
             trips.append(time.perf_counter() - t)
+        pids = [int(name.rsplit("-", 1)[1]) for name in names]
         pss = rss = 0
-        for name in names:
-            pss_kb, rss_kb = _memory_kb(int(name.rsplit("-", 1)[1]))
+        for pid in pids:
+            pss_kb, rss_kb = _memory_kb(pid)
             pss, rss = pss + pss_kb, rss + rss_kb
+        # What the idle workers themselves burn (Ray's threads): on this machine it is taken from the driver.
+        before, t = _cpu_seconds(pids), time.perf_counter()
+        time.sleep(1.0)
+        idle_cores = (_cpu_seconds(pids) - before) / (time.perf_counter() - t)
         self.workers = {"count": len(names), "pss_mb": pss / 1024, "rss_mb": rss / 1024,
-                        "round_trip_ms": 1000 * float(np.median(trips))}
-        self.window_start = time.time()
+                        "round_trip_ms": 1000 * float(np.median(trips)), "idle_worker_cores": idle_cores}
+        self.window_start, self.cpu_start = time.time(), time.process_time()
+
+    def on_end(self, search, summary) -> None:
+        self.driver_cores = (time.process_time() - self.cpu_start) / (time.time() - self.window_start)
 
     def on_evaluation(self, search, result) -> None:
         record = result.evaluation.record
         self.results.append((time.time(), record.timings["stub_start"], record.timings["stub_end"],
                              record.extra["worker"], record.extra["torch"]))
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user + system) the local processes ``pids`` have used so far."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _memory_kb(pid: int) -> tuple[int, int]:
@@ -208,6 +222,7 @@ def run_search(mode: str, workers: int, scale: float, generations: int, root: Pa
         "gap_ms": 1000 * float(np.median(gaps)) if gaps else None,
         "workers_with_torch": len({w for *_, w, torch in timeline.results if torch}),
         "arrivals": arrivals, "archive_before": len(timeline.results) - len(evo), "generation_work": parts,
+        "driver_cores": timeline.driver_cores,
         **timeline.workers,
     }
 
@@ -369,10 +384,65 @@ def speedup(config, candidates_count: int, rounds: int) -> dict:
           f"{two['evals_per_minute']:.2f}/min (overhead {two['overhead']:.2%}), speed-up {np.median(ratios):.2f}x")
     return {"evals_per_minute_1": one["evals_per_minute"], "evals_per_minute_2": two["evals_per_minute"],
             "overhead_1": one["overhead"], "overhead_2": two["overhead"], "mean_eval_seconds": one["mean_eval_seconds"],
-            "candidates": candidates_count, "round_ratios": ratios, "ratio": float(np.median(ratios))}
+            "candidates": candidates_count, "round_ratios": ratios, "speedup_ratio": float(np.median(ratios))}
 
 
 # -- main -----------------------------------------------------------------------------------
+def summarise(mode: str, runs: list[dict] | None, cap: dict | None, cost: tuple | None, args) -> dict:
+    """Print one mode's measured figures (median and spread over the repeats); its JSON keys."""
+    key, w = _key(mode), args.workers
+    if runs is None:
+        print(f"{mode:>12}: not available (search.mode is not in this certevo)")
+        return {f"utilization_{key}_{w}": None}
+    util, util_lo, util_hi = _median_spread([x["utilization"] for x in runs])
+    whole = _median_spread([x["utilization_whole"] for x in runs])
+    rate = _median_spread([x["results_per_s"] for x in runs])
+    print(f"{mode:>12} at {w} workers: utilisation {util:.1%} (min {util_lo:.1%}, max {util_hi:.1%}; whole phase "
+          f"{whole[0]:.1%}), {rate[0]:.1f} results/s (min {rate[1]:.1f}, max {rate[2]:.1f}); driver capacity "
+          f"{cap['results_per_s']:.0f} results/s ({args.capacity_workers} stubs returning at once); its time per 12 "
+          "results at archive sizes 100 / 1,000 / 10,000: "
+          + " / ".join(f"{1000 * cost_at(cost, a):.0f}" for a in (100, 1000, 10000))
+          + f" ms (measured up to {cap['archive_before'] + cap['evaluations']}, beyond: extrapolated)")
+    gaps = [x["gap_ms"] for x in runs if x["gap_ms"] is not None]
+    return {f"utilization_{key}_{w}": util, f"utilization_{key}_{w}_min": util_lo,
+            f"utilization_{key}_{w}_max": util_hi,
+            f"utilization_{key}_{w}_whole": whole[0], f"results_per_s_{key}_{w}": rate[0],
+            f"driver_results_per_s_{key}": cap["results_per_s"], f"driver_cost_{key}": cost,
+            f"driver_cores_{key}_{w}": float(np.median([x["driver_cores"] for x in runs])),
+            f"worker_gap_ms_{key}": float(np.median(gaps)) if gaps else None}
+
+
+def simulate_all(mode: str, cost: tuple, round_trip: float, out: dict, args) -> dict:
+    """Print the simulation at the measured worker count (beside the measurement) and at
+    each ``--simulate`` count; its JSON keys."""
+    key, w, population = _key(mode), args.workers, 12
+    check = simulate(mode, w, args.time_scale, _generations(mode, args) * population, cost, round_trip, 12)
+    print(f"simulated {mode} at {w} workers, time scale {args.time_scale:g}: {check:.1%} "
+          f"(measured {out[f'utilization_{key}_{w}']:.1%})")
+    keys = {f"utilization_{key}_{w}_simulated": check}
+    for count in args.simulate:
+        evaluations = args.generations * population
+        if mode == "asynchronous":
+            evaluations = max(args.async_rounds * count, evaluations)
+        value = simulate(mode, count, 1.0, evaluations, cost, round_trip, 12)
+        flat = simulate(mode, count, 1.0, evaluations, cost, round_trip, 12, grows=False)
+        keys[f"utilization_{key}_{count}_simulated"] = value
+        keys[f"utilization_{key}_{count}_simulated_flat_driver"] = flat
+        print(f"SIMULATED {mode} at {count} workers (median 1 s, {evaluations} evaluations): {value:.1%} "
+              f"({flat:.1%} if the driver's work per generation stayed at its K-starts size)")
+    return keys
+
+
+def _generations(mode: str, args) -> int:
+    """Generations (of 12) of a measured search: asynchronous ones run --async-rounds x workers."""
+    rounds = math.ceil(args.async_rounds * args.workers / 12) if mode == "asynchronous" else 0
+    return max(args.generations, rounds)
+
+
+def _key(mode: str) -> str:
+    return "async" if mode == "asynchronous" else mode
+
+
 def _median_spread(values: list[float]) -> tuple[float, float, float]:
     return float(np.median(values)), float(min(values)), float(max(values))
 
@@ -386,10 +456,11 @@ def main() -> None:
     parser.add_argument("--async-rounds", type=int, default=10,
                         help="asynchronous search: rounds x workers children (at least --generations generations)")
     parser.add_argument("--capacity-workers", type=int, default=16, help="stubs that return at once (driver capacity)")
-    parser.add_argument("--capacity-generations", type=int, default=80, help="generations of the capacity searches")
+    parser.add_argument("--capacity-generations", type=int, default=60, help="generations of the capacity searches")
     parser.add_argument("--simulate", type=int, nargs="*", default=[1000], help="worker counts to simulate")
     parser.add_argument("--stub-tasks", type=int, default=2000, help="pool + journal alone (0: skip)")
-    parser.add_argument("--rounds", type=int, default=0, help="real evaluator 1-/2-actor rounds (minutes each; 0: skip)")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="real evaluator 1-/2-actor rounds (minutes each; 0: skip)")
     parser.add_argument("--candidates", type=int, default=12, help="evaluations per real-evaluator measurement")
     args = parser.parse_args()
 
@@ -397,79 +468,48 @@ def main() -> None:
     connect(num_cpus=max(args.workers, args.capacity_workers, 2))
     out: dict = {"workers": args.workers, "time_scale": args.time_scale, "repeats": args.repeats}
     population = load_config().search.population_size
-    rounds_generations = max(args.generations, math.ceil(args.async_rounds * args.workers / population))
     with tempfile.TemporaryDirectory(prefix="certevo-scaling-") as tmp:
         root = Path(tmp)
         capacity = {m: run_search(m, args.capacity_workers, 0.0, args.capacity_generations, root) for m in modes}
         measured: dict[str, list[dict]] = {m: [] for m in modes}
         for r in range(args.repeats):
             for mode in modes if r % 2 == 0 else modes[::-1]:
-                gens = args.generations if mode == "generational" else rounds_generations
-                run = run_search(mode, args.workers, args.time_scale, gens, root)
+                run = run_search(mode, args.workers, args.time_scale, _generations(mode, args), root)
                 measured[mode].append(run)
-                print(f"repeat {r + 1} {mode:>12}: utilisation {run['utilization']:6.1%} (whole {run['utilization_whole']:6.1%}), "
-                      f"{run['results_per_s']:6.1f} results/s, {run['evaluations']} evaluations in {run['seconds']:.1f}s"
+                print(f"repeat {r + 1} {mode:>12}: utilisation {run['utilization']:6.1%} (whole "
+                      f"{run['utilization_whole']:6.1%}), {run['results_per_s']:6.1f} results/s, "
+                      f"{run['evaluations']} evaluations in {run['seconds']:.1f}s, "
+                      f"driver process busy {run['driver_cores']:.0%} of a core"
                       + (f", median worker gap {run['gap_ms']:.1f} ms" if mode == "asynchronous" else ""), flush=True)
 
     w = args.workers
     first = measured["generational"][0]
-    print(f"\n{first['count']} stub workers: PSS {first['pss_mb']:.0f} MB in all ({first['pss_mb'] / first['count']:.0f} MB "
-          f"each; RSS {first['rss_mb'] / first['count']:.0f} MB each); workers that imported torch: "
+    print(f"\n{first['count']} stub workers: PSS {first['pss_mb']:.0f} MB in all "
+          f"({first['pss_mb'] / first['count']:.0f} MB each; RSS {first['rss_mb'] / first['count']:.0f} MB each); "
+          "workers that imported torch: "
           f"{max(run['workers_with_torch'] for runs in measured.values() for run in runs)}; "
-          f"Ray round trip (no-op method, idle actor) {first['round_trip_ms']:.2f} ms")
-    out.update({"worker_pss_mb": first["pss_mb"], "worker_rss_mb": first["rss_mb"], "ray_round_trip_ms": first["round_trip_ms"],
+          f"Ray round trip (no-op method, idle actor) {first['round_trip_ms']:.2f} ms; the idle workers use "
+          f"{first['idle_worker_cores']:.2f} of this machine's {os.cpu_count()} cores")
+    out.update({"worker_pss_mb": first["pss_mb"], "worker_rss_mb": first["rss_mb"],
+                "ray_round_trip_ms": first["round_trip_ms"], "idle_worker_cores": first["idle_worker_cores"],
                 "workers_with_torch": max(run["workers_with_torch"] for runs in measured.values() for run in runs)})
-    costs = {}
+    costs = {mode: driver_cost(capacity[mode], population) for mode in modes}
     for mode in MODES:
-        key = mode[:5] if mode == "asynchronous" else mode
-        if mode not in modes:
-            print(f"{mode:>12}: not available (search.mode is not in this certevo)")
-            out[f"utilization_{key}_{w}"] = None
-            continue
-        runs = measured[mode]
-        util, util_lo, util_hi = _median_spread([x["utilization"] for x in runs])
-        whole = _median_spread([x["utilization_whole"] for x in runs])
-        rate = _median_spread([x["results_per_s"] for x in runs])
-        cap = capacity[mode]
-        costs[mode] = driver_cost(cap, population)
-        print(f"{mode:>12} at {w} workers: utilisation {util:.1%} (min {util_lo:.1%}, max {util_hi:.1%}; whole phase "
-              f"{whole[0]:.1%}), {rate[0]:.1f} results/s (min {rate[1]:.1f}, max {rate[2]:.1f}); driver capacity "
-              f"{cap['results_per_s']:.0f} results/s ({args.capacity_workers} stubs returning at once); its time per "
-              f"{population} results at archive sizes 100 / 1,000 / 10,000: "
-              + " / ".join(f"{1000 * cost_at(costs[mode], a):.0f}" for a in (100, 1000, 10000))
-              + f" ms (measured up to {cap['archive_before'] + cap['evaluations']}, beyond: extrapolated)")
-        out.update({f"utilization_{key}_{w}": util, f"utilization_{key}_{w}_min": util_lo,
-                    f"utilization_{key}_{w}_max": util_hi, f"utilization_{key}_{w}_whole": whole[0],
-                    f"results_per_s_{key}_{w}": rate[0], f"driver_results_per_s_{key}": cap["results_per_s"],
-                    f"driver_cost_{key}": costs[mode], f"worker_gap_ms_{key}": float(np.median([x["gap_ms"] for x in runs]))})
-    out["driver_results_per_s"] = out.get("driver_results_per_s_async", out.get("driver_results_per_s_generational"))
+        out.update(summarise(mode, measured.get(mode), capacity.get(mode), costs.get(mode), args))
+    out["driver_results_per_s"] = out.get("driver_results_per_s_async", out["driver_results_per_s_generational"])
     parts = capacity[modes[-1]]["generation_work"]
-    print(f"work ending every generation, at an archive of {parts['archive']}: Pareto front {1000 * parts['front']:.0f} ms, "
-          f"hypervolume {1000 * parts['hypervolume']:.0f} ms, checkpoint {1000 * parts['checkpoint']:.0f} ms")
+    print(f"work ending every generation, at an archive of {parts['archive']}: Pareto front "
+          f"{1000 * parts['front']:.0f} ms, hypervolume {1000 * parts['hypervolume']:.0f} ms, "
+          f"checkpoint {1000 * parts['checkpoint']:.0f} ms")
     out["generation_work_seconds"] = parts
-    if "asynchronous" in modes:
+    if "asynchronous" in modes:  # the headline: how much busier asynchronous keeps the workers
+        out["ratio"] = out[f"utilization_async_{w}"] / out[f"utilization_generational_{w}"]
         print(f"target (issue 13): asynchronous >= 90% at 64 workers; here, at {w} workers: asynchronous "
               f"{out['utilization_async_' + str(w)]:.1%}, generational {out['utilization_generational_' + str(w)]:.1%}")
-
-    trip = first["round_trip_ms"] / 1000
-    out["simulation_method"] = ("discrete-event simulation (see the docstring): durations log-normal median 1 s, "
-                                "sigma 0.5; driver time per generation fitted (quadratic) on the capacity runs against the archive size, extrapolated past it")
+    out["simulation_method"] = ("simulated: discrete-event model, log-normal durations (median 1 s, sigma 0.5), driver "
+                                "time per generation fitted on the capacity runs, extrapolated in archive size")
     for mode in modes:
-        key = mode[:5] if mode == "asynchronous" else mode
-        gens = args.generations if mode == "generational" else rounds_generations
-        check = simulate(mode, w, args.time_scale, gens * population, costs[mode], trip, 12)
-        out[f"utilization_{key}_{w}_simulated"] = check
-        print(f"simulated {mode} at {w} workers, time scale {args.time_scale:g}: {check:.1%} "
-              f"(measured {out[f'utilization_{key}_{w}']:.1%})")
-        for count in args.simulate:
-            evaluations = args.generations * population if mode == "generational" else max(
-                args.async_rounds * count, args.generations * population)
-            value = simulate(mode, count, 1.0, evaluations, costs[mode], trip, 12)
-            flat = simulate(mode, count, 1.0, evaluations, costs[mode], trip, 12, grows=False)
-            out[f"utilization_{key}_{count}_simulated"] = value
-            out[f"utilization_{key}_{count}_simulated_flat_driver"] = flat
-            print(f"SIMULATED {mode} at {count} workers (median 1 s, {evaluations} evaluations): {value:.1%} "
-                  f"({flat:.1%} if the driver's work per generation stayed at its K-starts size)")
+        out.update(simulate_all(mode, costs[mode], first["round_trip_ms"] / 1000, out, args))
 
     if args.stub_tasks > 0:
         config = load_config()
