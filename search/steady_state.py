@@ -156,6 +156,7 @@ class SteadyState:
             for p in self.state.in_flight)
         self.state.in_flight = []
         self.replaying = True
+        self._take_pending()  # the checkpoint's children in flight first: the events below follow them
         generation, replayed = self.state.generation, []
         for event in self.since.events(generation):
             redone = self._replay(event)

@@ -152,7 +152,9 @@ def test_a_killed_asynchronous_driver_resumes_losing_and_repeating_nothing(ray_s
     import ray
 
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config("search.generations=4")))
+    # One candidate per batch: results arrive one at a time, so there is time to kill the
+    # driver between two of them.
+    config.write_text(yaml.safe_dump(tiny_config("search.generations=4", "cluster.batch_size=1")))
     run_dir = tmp_path / "killed"
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.Popen([certevo_exe(), "launch", str(config), "--set", "search.mode=asynchronous",
@@ -161,15 +163,17 @@ def test_a_killed_asynchronous_driver_resumes_losing_and_repeating_nothing(ray_s
                             start_new_session=True)
     checkpoint, journal = run_dir / "checkpoint" / "state.json", run_dir / "evaluations.jsonl"
     deadline = time.time() + 300
-    # Kill it mid-search, when a checkpoint lists children in flight and one of them has
-    # finished since (journaled, not yet checkpointed).
+    # Kill it mid-search, when a checkpoint lists children in flight, one of them has
+    # finished since, and so has a child proposed after the checkpoint (journaled, not yet
+    # checkpointed).
     while True:
         assert proc.poll() is None, "the search ended before it could be killed: " + proc.stderr.read()[-3000:]
         assert time.time() < deadline, "no checkpoint with children in flight in time"
         if checkpoint.is_file() and journal.is_file():
             state = json.loads(checkpoint.read_text())["state"]
             flying = {p["genome"]["id"] for p in state.get("in_flight", [])}
-            if state["generation"] >= 1 and flying & set(_journal_ids(run_dir)):
+            later = set(_journal_ids(run_dir)) - {e["genome"]["id"] for e in state["archive"]}
+            if state["generation"] >= 1 and flying & later and later - flying:
                 break
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
