@@ -235,11 +235,20 @@ class SearchConfig:
         return json.loads(json.dumps(asdict(self)))
 
     def digest(self) -> str:
-        """A short hash of everything that changes results (run_dir and cluster excluded)."""
+        """A short hash of everything that changes results (run_dir and cluster excluded).
+        Settings added after runs existed count only away from their default, so the digest
+        of an earlier run (its journal records, checkpoint, exports) stays what it was."""
         data = self.to_dict()
         data.pop("run_dir")
         data.pop("cluster")
+        for (section, key), default in _LATER_SETTINGS.items():
+            if data[section].get(key) == default:
+                data[section].pop(key)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+#: Settings added after runs were made, with the default that gives the earlier behaviour.
+_LATER_SETTINGS: dict[tuple[str, str], Any] = {("search", "mode"): "generational"}
 
 
 _SECTIONS: dict[str, type] = {

@@ -124,3 +124,16 @@ def test_every_section_words_a_bad_setting_alike(override, message):
     with pytest.raises(ConfigError) as info:
         load_config(None, [override])
     assert str(info.value) == message
+
+
+def test_a_setting_added_later_leaves_the_digests_of_earlier_runs_unchanged():
+    # The default search's digests as certevo computed them before search.mode existed
+    # (commit ab68bf7). A run made then must keep them: resume reuses only the journal
+    # records stamped with its own digest, and exports carry it.
+    from certevo.search.journal import journal_digest
+
+    config = load_config(None, [])
+    assert config.search.mode == "generational"
+    assert config.digest() == "7424a7cc6099"
+    assert journal_digest(config) == "cc93430b8c42"
+    assert load_config(None, ["search.mode=asynchronous"]).digest() != config.digest()
