@@ -235,15 +235,21 @@ class Search:
             pending.append(island.submit("accept", batch, evaluated, weights))
         snapshots = [island.result(p) for island, p in zip(self.islands, pending)]
         self.state.generation += 1
-        if len(self.islands) > 1 and self.state.generation % settings.migration_interval == 0:
+        snapshots = self._adopt_islands(snapshots)
+        self._end_generation(len(proposals))
+        for island, snapshot in zip(self.islands, snapshots):
+            island.checkpointed(self._island_args(snapshot))
+
+    def _adopt_islands(self, snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """At the end of generation ``state.generation``: migrate if it is due, then make the
+        islands' snapshots the search's populations. Returns the snapshots kept."""
+        if len(self.islands) > 1 and self.state.generation % self.config.search.migration_interval == 0:
             snapshots = self._migrate()
         self.state.islands = snapshots
         self.state.population = list(dict.fromkeys(i for s in snapshots for i in s["population"]))
         patterns = [p for s in snapshots for p in s["activation_population"]]
         self.state.activation_population = [p for k, p in enumerate(patterns) if p not in patterns[:k]]
-        self._end_generation(len(proposals))
-        for island, snapshot in zip(self.islands, snapshots):
-            island.checkpointed(self._island_args(snapshot))
+        return snapshots
 
     def _migrate(self) -> list[dict[str, Any]]:
         """Ring migration: every island's best go to the next island (see certevo.search.island_model)."""

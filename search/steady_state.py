@@ -290,18 +290,12 @@ class SteadyState:
     def _end_step(self) -> None:
         """A generation's worth of children absorbed: snapshots, migration when due, the
         history entry, the checkpoint (with what is in flight) and the observers."""
-        search, settings = self.search, self.search.config.search
+        search = self.search
         offspring = min(self.state.absorbed, self.step)
         self.state.absorbed -= offspring
         self.state.generation += 1
         pending = [island.submit("snapshot") for island in search.islands]
-        snapshots = [island.result(p) for island, p in zip(search.islands, pending)]
-        if len(search.islands) > 1 and self.state.generation % settings.migration_interval == 0:
-            snapshots = search._migrate()
-        self.state.islands = snapshots
-        self.state.population = list(dict.fromkeys(i for s in snapshots for i in s["population"]))
-        patterns = [p for s in snapshots for p in s["activation_population"]]
-        self.state.activation_population = [p for k, p in enumerate(patterns) if p not in patterns[:k]]
+        snapshots = search._adopt_islands([island.result(p) for island, p in zip(search.islands, pending)])
         waiting = [w for flight in self.flights.values() for w in flight.waiters] + list(self.pending)
         self.state.in_flight = [
             {"island": island, "genome": p.genome, "parents": p.parents, "operator": p.operator,
