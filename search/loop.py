@@ -16,7 +16,7 @@ import yaml
 
 from certevo.cluster.connect import check_reachable, connect
 from certevo.cluster.island_hosts import host_islands
-from certevo.cluster.pool import EvaluationPool, EvaluationTask, EvaluatorActor
+from certevo.cluster.pool import EvaluationPool, EvaluationTask, EvaluatorActor, TaskResult
 from certevo.evaluators.models import make_template
 from certevo.population.errors import ConfigError
 from certevo.population.files import atomic_write
@@ -295,24 +295,35 @@ class Search:
             else:
                 tasks.append(self._task(proposal))
         for result in self.pool.run(tasks):
-            evaluation = result.evaluation
             cid = result.task.key
-            arrays = trained_arrays(evaluation.weights, evaluation.gradients)
-            self.journal.append(evaluation.record, arrays)
-            records[cid] = evaluation.record
-            weights[cid] = arrays
-            self.evaluated_this_session += 1
-            for observer in self.observers:
-                observer.on_evaluation(self, result)
-        extra = self.config.search.extra_objectives
+            records[cid], weights[cid] = result.evaluation.record, self._journal_result(result)
         for cid, proposal in fresh.items():  # proposal order: the archive does not depend on timing
-            record = records[cid]
-            self.state.add(Candidate(proposal.genome, record))
-            if weights.get(cid) is not None:
-                self.state.weights[cid] = weights[cid]
-            if cid not in self.state.lineage:
-                self.state.lineage.add(LineageRecord(cid, proposal.parents, proposal.operator, generation,
-                                                     objectives(record, extra), record.to_dict()))
+            self._add_candidate(proposal, records[cid], weights.get(cid), generation)
+
+    def _journal_result(self, result: TaskResult) -> dict[str, np.ndarray] | None:
+        """A finished evaluation into the journal, and to the observers; returns its arrays
+        (trained weights and gradients) if it kept any."""
+        evaluation = result.evaluation
+        arrays = trained_arrays(evaluation.weights, evaluation.gradients)
+        self.journal.append(evaluation.record, arrays)
+        self.evaluated_this_session += 1
+        for observer in self.observers:
+            observer.on_evaluation(self, result)
+        return arrays
+
+    def _add_candidate(self, proposal: Proposal, record: Any, arrays: dict[str, np.ndarray] | None,
+                       generation: int) -> Candidate:
+        """An evaluated proposal into the archive, its weights (if kept) and the lineage."""
+        cid = proposal.genome.id
+        candidate = Candidate(proposal.genome, record)
+        self.state.add(candidate)
+        if arrays is not None:
+            self.state.weights[cid] = arrays
+        if cid not in self.state.lineage:
+            extra = self.config.search.extra_objectives
+            self.state.lineage.add(LineageRecord(cid, proposal.parents, proposal.operator, generation,
+                                                 objectives(record, extra), record.to_dict()))
+        return candidate
 
     def _end_generation(self, offspring: int, keep_weights: Sequence[str] = ()) -> None:
         keep = set(self.state.population) | set(keep_weights)  # plus in-flight children's parents (asynchronous)

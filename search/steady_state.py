@@ -50,9 +50,8 @@ from typing import TYPE_CHECKING, Any
 
 from certevo.cluster.pool import EvaluationTask, TaskResult
 from certevo.population.files import atomic_write
-from certevo.population.lineage import LineageRecord
 from certevo.search.run_directory import RunDirectory
-from certevo.search.state import Candidate, objectives, trained_arrays
+from certevo.search.state import Candidate
 from certevo.search.strategies import Proposal
 
 if TYPE_CHECKING:
@@ -252,29 +251,15 @@ class SteadyState:
         return self.search._task(proposal)
 
     def _arrived(self, result: TaskResult) -> None:
-        search = self.search
-        evaluation = result.evaluation
-        arrays = trained_arrays(evaluation.weights, evaluation.gradients)
-        search.journal.append(evaluation.record, arrays)
-        search.evaluated_this_session += 1
-        for observer in search.observers:
-            observer.on_evaluation(search, result)
-        self._absorb(result.task.key, evaluation.record, arrays)
+        arrays = self.search._journal_result(result)
+        self._absorb(result.task.key, result.evaluation.record, arrays)
 
     def _absorb(self, cid: str, record: Any, arrays: Any) -> None:
         """A finished evaluation into archive and lineage, then into every waiting island."""
         if not self.replaying:  # before the islands change: a generation may end (and empty the file) below
             self.since.append({"after": self.state.generation, "absorb": cid})
         flight = self.flights.pop(cid)
-        proposal = flight.proposal
-        candidate = Candidate(proposal.genome, record)
-        self.state.add(candidate)
-        if arrays is not None:
-            self.state.weights[cid] = arrays
-        if cid not in self.state.lineage:
-            extra = self.search.config.search.extra_objectives
-            self.state.lineage.add(LineageRecord(cid, proposal.parents, proposal.operator, self.state.generation + 1,
-                                                 objectives(record, extra), record.to_dict()))
+        candidate = self.search._add_candidate(flight.proposal, record, arrays, self.state.generation + 1)
         for island, waiting in flight.waiters:
             self._accept(island, waiting, candidate)
 
