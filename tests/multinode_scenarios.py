@@ -1,8 +1,9 @@
 """Scenarios on a multi-node local Ray cluster (``ray.cluster_utils.Cluster``), each run in
 its own process by tests/test_multinode.py (the tests' shared Ray session stays apart).
 
-    python tests/multinode_scenarios.py node-loss RUN_DIR   -> one JSON line of findings
-    python tests/multinode_scenarios.py serve               -> prints the address; runs until stdin closes
+    python tests/multinode_scenarios.py node-loss RUN_DIR         -> one JSON line of findings
+    python tests/multinode_scenarios.py node-loss-async RUN_DIR   -> the same, search.mode: asynchronous
+    python tests/multinode_scenarios.py serve                     -> prints the address; runs until stdin closes
 """
 
 from __future__ import annotations
@@ -38,21 +39,29 @@ def start_cluster() -> Cluster:
 
 class Faults(SearchObserver):
     """Removes the worker node of a busy evaluator in generation 1, kills island 1 in
-    generation 2."""
+    generation 2 (in both search modes: ``state.generation`` is 0 while generation 1's
+    children are evaluated, after the K-starts). Remembers which worker delivered each
+    result (``ip:pid``), and the lost evaluator's process id and how many evaluations were
+    running when its node went."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.removed_node: str | None = None
         self.lost_task: str | None = None
+        self.lost_pid: int | None = None
+        self.running_at_removal = 0
         self.island_killed = False
+        self.workers: dict[str, list[str]] = {}  # candidate id -> workers that delivered a result for it
 
     def on_start(self, search) -> None: ...
     def on_generation(self, search, summary) -> None: ...
     def on_end(self, search, summary) -> None: ...
 
     def on_evaluation(self, search, result) -> None:
-        if self.removed_node is None and search.state.generation == 0 and search.pool.running():
-            actor, task = search.pool.running()[0]
+        self.workers.setdefault(result.task.key, []).append(result.worker)
+        running = search.pool.running() if self.removed_node is None and search.state.generation == 0 else []
+        if running:
+            actor, task = running[0]
             info = ray._private.state.actors(actor._actor_id.hex())
             node_id = info["Address"]["NodeID"]
             node = next(n for n in self.cluster.worker_nodes if n.node_id == node_id)
@@ -64,6 +73,8 @@ class Faults(SearchObserver):
             except ProcessLookupError:
                 pass
             self.removed_node, self.lost_task = node_id, task.key
+            self.lost_pid = info["Pid"]
+            self.running_at_removal = len(running)
         if not self.island_killed and search.state.generation == 1:
             ray.kill(search.islands[1].actor, no_restart=True)
             self.island_killed = True
@@ -102,6 +113,44 @@ def node_loss(run_dir: Path) -> dict:
         cluster.shutdown()
 
 
+def node_loss_async(run_dir: Path) -> dict:
+    """The faults of ``node-loss`` in an asynchronous search with two islands. Asynchronous
+    runs are not reproducible, so the findings are what the run itself recorded (no
+    reference run)."""
+    from certevo.search.loop import Search
+    from conftest import tiny
+
+    cluster = start_cluster()
+    try:
+        ray.init(address=cluster.address)
+        faults = Faults(cluster)
+        search = Search.create(tiny("search.mode=asynchronous", "search.islands=2", "search.migration_interval=1",
+                                    "search.migrants=1", "search.generations=2", "cluster.actors=2"),
+                               run_dir / "faulty", [faults])
+        search.run()
+        journal = (run_dir / "faulty" / "evaluations.jsonl").read_text().splitlines()
+        state, lost = search.state, faults.lost_task
+        return {
+            "removed_node": faults.removed_node,
+            "lost_task": lost,
+            "lost_pid": faults.lost_pid,
+            "running_at_removal": faults.running_at_removal,
+            "lost_task_workers": faults.workers.get(lost, []),
+            "lost_task_ok": state.archive[lost].record.ok if lost in state.archive else None,
+            "island_killed": faults.island_killed,
+            "replacements": search.pool.replacements,
+            "island_restarts": [i.restarts for i in search.islands],
+            "journal_ids": [json.loads(line)["id"] for line in journal],
+            "archive_ids": list(state.archive),
+            "lineage": {r.candidate_id: [r.generation, r.operator, list(r.parent_ids)] for r in state.lineage},
+            "history": [[h["generation"], h.get("offspring")] for h in state.history],
+            "front_generations": json.loads((run_dir / "faulty" / "front.json").read_text())["generations"],
+        }
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
 def serve() -> None:
     cluster = start_cluster()
     try:
@@ -114,7 +163,9 @@ def serve() -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "node-loss":
         print(json.dumps(node_loss(Path(sys.argv[2]))))
+    elif sys.argv[1] == "node-loss-async":
+        print(json.dumps(node_loss_async(Path(sys.argv[2]))))
     elif sys.argv[1] == "serve":
         serve()
     else:
-        raise SystemExit(f"unknown scenario {sys.argv[1]!r}; use node-loss or serve")
+        raise SystemExit(f"unknown scenario {sys.argv[1]!r}; use node-loss, node-loss-async or serve")

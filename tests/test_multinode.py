@@ -38,6 +38,44 @@ def test_worker_node_lost_and_island_killed_mid_search(tmp_path):
     assert found["front"] == found["reference_front"]
 
 
+def test_asynchronous_search_loses_and_duplicates_nothing_when_a_worker_node_is_lost(tmp_path):
+    """search.mode: asynchronous, two islands of 4, 2 generations, 2 evaluators: while
+    generation 1's children are evaluated, the worker node of a busy evaluator is removed;
+    in generation 2, island 1's actor is killed. The candidate lost with the node runs again
+    on another evaluator, no result is lost or journaled twice, and every generation is
+    complete."""
+    proc = subprocess.run([sys.executable, str(SCENARIOS), "node-loss-async", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The node really went while an evaluation on it was running, and the pool replaced the
+    # evaluator it took with it; the killed island was rebuilt.
+    assert found["removed_node"] and found["running_at_removal"] >= 1
+    assert found["replacements"] >= 1
+    assert found["island_killed"] and found["island_restarts"][1] >= 1
+    # The candidate in flight on the lost node was a steady-state child (not a K-start); it
+    # was evaluated again by another process, delivered once, and archived with an ok record.
+    lost = found["lost_task"]
+    assert found["lost_task_ok"] is True, f"{lost} (in flight on the lost node) is not in the archive"
+    assert len(found["lost_task_workers"]) == 1
+    assert not found["lost_task_workers"][0].endswith(f":{found['lost_pid']}")
+    generation, operator, parents = found["lineage"][lost]
+    assert generation >= 1 and operator != "kstart" and parents
+    # Nothing duplicated: the journal holds every candidate once (the lost one included);
+    # nothing lost: the archive is exactly what was journaled, and each of it has a lineage
+    # record whose parents are archived too.
+    ids = found["journal_ids"]
+    assert len(ids) == len(set(ids)) and ids.count(lost) == 1
+    assert set(found["archive_ids"]) == set(ids) and len(found["archive_ids"]) == len(ids)
+    assert set(found["lineage"]) == set(ids)
+    assert all(parent in found["lineage"] for _, _, parents in found["lineage"].values() for parent in parents)
+    # The search completed: both generations, each of population_size x islands = 8 children
+    # taken into the islands (a child dropped with the node would leave one short).
+    assert [g for g, _ in found["history"]] == [0, 1, 2]
+    assert [n for _, n in found["history"][1:]] == [8, 8]
+    assert found["front_generations"] == 2
+
+
 @pytest.fixture(scope="module")
 def cluster_address():
     proc = subprocess.Popen([sys.executable, str(SCENARIOS), "serve"], cwd=ROOT, stdin=subprocess.PIPE,
