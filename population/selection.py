@@ -29,6 +29,7 @@ HV_REFERENCE_2D: tuple[float, float] = (0.0, 0.0)
 
 __all__ = [
     "HV_REFERENCE_2D",
+    "IncrementalFront",
     "Individual",
     "MaximiseFitness",
     "hypervolume",
@@ -134,6 +135,51 @@ def pareto_front(items: Sequence[T], objectives: Sequence[Sequence[float]]) -> l
         return []
     front = tools.sortNondominated(individuals, len(individuals), first_front_only=True)[0]
     return [ind.item for ind in sorted(front, key=lambda ind: ind.index)]
+
+
+class IncrementalFront:
+    """The Pareto front of items added one at a time: after every :meth:`add`,
+    :meth:`items` equals :func:`pareto_front` of everything added so far (same items, in
+    input order; items with equal objectives all on the front if one is), at a cost of
+    the front's size per item instead of a sort of all of them."""
+
+    def __init__(self) -> None:
+        self._members: list[tuple[Any, tuple[float, ...]]] = []
+        #: Items offered so far, on the front or not (and those skipped with ``count``).
+        self.seen = 0
+
+    def add(self, item: Any, objectives: Sequence[float] | None) -> None:
+        """Offer ``item``; ``objectives`` None counts it without offering it (a failed candidate)."""
+        self.seen += 1
+        if objectives is None:
+            return
+        row = _objective_rows([objectives])[0]
+        if self._members and len(row) != len(self._members[0][1]):
+            raise ConfigError(
+                f"objectives {row} have {len(row)} values but the front's have {len(self._members[0][1])}; "
+                "give every item the same objectives"
+            )
+        if any(_dominates(kept, row) for _, kept in self._members):
+            return
+        # An item is only ever removed by a newer one, so the members stay in input order.
+        self._members = [(other, kept) for other, kept in self._members if not _dominates(row, kept)]
+        self._members.append((item, row))
+
+    def items(self) -> list[Any]:
+        """The items on the front, in the order they were added."""
+        return [item for item, _ in self._members]
+
+
+def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """``a`` is at least as good as ``b`` everywhere and better somewhere (DEAP's
+    ``Fitness.dominates`` with every weight 1)."""
+    better = False
+    for x, y in zip(a, b):
+        if x > y:
+            better = True
+        elif x < y:
+            return False
+    return better
 
 
 def nondominated_ranks(objectives: Sequence[Sequence[float]]) -> list[int]:

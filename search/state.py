@@ -12,7 +12,7 @@ from certevo.population.checkpoint import pack_genomes, restore_rng, rng_state, 
 from certevo.population.errors import CheckpointError
 from certevo.population.genome import Genome
 from certevo.population.lineage import Lineage
-from certevo.population.selection import HV_REFERENCE_2D, hypervolume_2d, pareto_front
+from certevo.population.selection import HV_REFERENCE_2D, IncrementalFront, hypervolume_2d, pareto_front
 
 STATE_FORMAT = "certevo-search-state/1"
 FAILED_OBJECTIVES = (-1.0, -1.0)
@@ -86,15 +86,33 @@ class SearchState:
     in_flight: list[dict[str, Any]] = field(default_factory=list)
     #: Asynchronous mode: proposals absorbed since the last generation ended.
     absorbed: int = 0
+    #: The archive's front, kept up to date by :meth:`add` (every generation, and in
+    #: asynchronous mode every few results, asks for it; sorting the whole archive each
+    #: time grew with the archive). Rebuilt if the archive changed some other way.
+    _archive_front: IncrementalFront = field(default_factory=IncrementalFront, repr=False, compare=False)
 
     def add(self, candidate: Candidate) -> None:
         """Put an evaluated candidate in the archive (once)."""
-        self.archive.setdefault(candidate.id, candidate)
+        if candidate.id in self.archive:
+            return
+        in_step = self._archive_front.seen == len(self.archive)
+        self.archive[candidate.id] = candidate
+        if in_step:
+            self._offer(candidate)
+
+    def _offer(self, candidate: Candidate) -> None:
+        self._archive_front.add(candidate, candidate.record.objectives if candidate.record.ok else None)
 
     def front(self, ids: list[str] | None = None) -> list[Candidate]:
         """The Pareto front (sparsity vs certified accuracy) of ``ids`` (default: the
-        whole archive), failed candidates excluded."""
-        pool = [self.archive[i] for i in (ids if ids is not None else self.archive) if self.archive[i].record.ok]
+        whole archive), failed candidates excluded, in archive order."""
+        if ids is None:
+            if self._archive_front.seen != len(self.archive):
+                self._archive_front = IncrementalFront()
+                for candidate in self.archive.values():
+                    self._offer(candidate)
+            return self._archive_front.items()
+        pool = [self.archive[i] for i in ids if self.archive[i].record.ok]
         return pareto_front(pool, [c.record.objectives for c in pool])
 
     def hypervolume(self) -> float:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from certevo.population.errors import ConfigError
 from certevo.population.selection import (
+    IncrementalFront,
     Individual,
     MaximiseFitness,
     hypervolume,
@@ -131,3 +132,28 @@ def test_hypervolume_2d_monotone_and_bounded(points, extra):
     assert hypervolume_2d(points + [extra]) >= base - 1e-12
     front = pareto_front(points, points)
     assert hypervolume_2d(front) == pytest.approx(base)
+
+
+# Few distinct values, so that ties, duplicates and points equal in one objective are common.
+coarse = st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.tuples(coarse, coarse), st.tuples(unit, unit)), max_size=40))
+def test_the_incremental_front_equals_the_front_of_everything_added_after_every_step(rows):
+    """The search keeps its archive's front this way (None: a failed candidate, never on it)."""
+    front = IncrementalFront()
+    for k, row in enumerate(rows):
+        front.add(k, row)
+        offered = [i for i in range(k + 1) if rows[i] is not None]
+        assert front.items() == pareto_front(offered, [rows[i] for i in offered])
+        assert front.seen == k + 1
+
+
+def test_the_incremental_front_refuses_objectives_pareto_front_refuses():
+    front = IncrementalFront()
+    front.add("a", (0.5, 0.5))
+    with pytest.raises(ConfigError, match="finite"):
+        front.add("b", (float("nan"), 0.5))
+    with pytest.raises(ConfigError, match="same objectives"):
+        front.add("c", (0.5, 0.5, 0.5))

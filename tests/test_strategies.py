@@ -7,6 +7,7 @@ import pytest
 
 from certevo.evaluators.fitness import FitnessRecord
 from certevo.population.genome import random_genome
+from certevo.population.selection import pareto_front
 from certevo.search.config import load_config
 from certevo.search.state import Candidate, SearchState
 from certevo.search.strategies import Nsga2Strategy, Proposal
@@ -67,3 +68,29 @@ def test_survival_is_deterministic(flag):
         strategy(f"search.level_champions={flag}").select(state, [Proposal(state.archive[i].genome, (), "x") for i in ids])
         populations.append(state.population)
     assert populations[0] == populations[1]
+
+
+def test_the_archive_front_kept_while_adding_equals_a_sort_of_the_archive_also_after_a_checkpoint():
+    """The search asks for its archive's front at every generation end; it is kept up to
+    date as candidates arrive instead of sorting the archive each time."""
+    rng = np.random.default_rng(3)
+    points = [(float(s), float(c)) for s, c in zip(rng.choice([0.5, 0.7, 0.9], 40), rng.choice([0.2, 0.4, 0.6], 40))]
+    state, ids = archive_state(points)
+    failed = random_genome(SHAPES, ("relu",), 0.95, np.random.default_rng(99), "uniform")
+    state.add(Candidate(failed, FitnessRecord.failed(failed, "out of memory")))
+
+    def sorted_front(s: SearchState) -> list[str]:
+        ok = [c for c in s.archive.values() if c.record.ok]
+        return [c.id for c in pareto_front(ok, [c.record.objectives for c in ok])]
+
+    expected = sorted_front(state)
+    assert failed.id not in expected and 1 < len(expected) < len(set(ids))
+    assert [c.id for c in state.front()] == expected
+    restored = SearchState.from_checkpoint(*state.to_checkpoint(), "test")
+    assert [c.id for c in restored.front()] == expected
+    # A candidate dominating everything replaces the whole front.
+    best = random_genome(SHAPES, ("relu",), 0.95, np.random.default_rng(7), "uniform")
+    record = FitnessRecord(best.id, best.sparsity, 0.99, 0.99, None, "ibp", "crown", 0.1, 0.1, 1, 10,
+                           best.layer_sparsity(), {})
+    restored.add(Candidate(best, record))
+    assert [c.id for c in restored.front()] == sorted_front(restored) == [best.id]
