@@ -140,6 +140,13 @@ class SearchSettings:
     #: ``asynchronous``: steady state, a new child whenever a worker frees up
     #: (certevo.search.steady_state).
     mode: str = "generational"
+    #: Asynchronous mode: evaluations between checkpoints (one is written at the first
+    #: generation end after that many). null: automatic, at a generation end once the
+    #: driver has worked 20 times as long as the last checkpoint took, so checkpoints take
+    #: at most about 5 % of its time however large the archive (the generational mode
+    #: checkpoints every generation). Nothing is lost in between: since_checkpoint.jsonl
+    #: and the journal hold what came after. Does not change results.
+    checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("search.strategy", self.strategy, STRATEGIES, "a strategy")
@@ -152,6 +159,9 @@ class SearchSettings:
         if self.evaluation_budget is not None and (not _is_int(self.evaluation_budget) or self.evaluation_budget < 1):
             reject("search.evaluation_budget", self.evaluation_budget, "must be a positive integer or null",
                    "e.g. 100, or null to stop after search.generations")
+        if self.checkpoint_every is not None and (not _is_int(self.checkpoint_every) or self.checkpoint_every < 1):
+            reject("search.checkpoint_every", self.checkpoint_every, "must be a positive integer or null",
+                   "e.g. 100 (evaluations between checkpoints), or null to let the driver choose")
         check_choice("search.init", self.init, INITS, "a way to start a search")
         if not isinstance(self.weight_inheritance, bool):
             reject("search.weight_inheritance", self.weight_inheritance, "must be true or false",
@@ -235,17 +245,24 @@ class SearchConfig:
         return json.loads(json.dumps(asdict(self)))
 
     def digest(self) -> str:
-        """A short hash of everything that changes results (run_dir and cluster excluded).
+        """A short hash of everything that changes results (run_dir, cluster and
+        how often to checkpoint excluded).
         Settings added after runs existed count only away from their default, so the digest
         of an earlier run (its journal records, checkpoint, exports) stays what it was."""
         data = self.to_dict()
         data.pop("run_dir")
         data.pop("cluster")
+        for section, key in _RUN_SETTINGS:
+            data[section].pop(key)
         for (section, key), default in _LATER_SETTINGS.items():
             if data[section].get(key) == default:
                 data[section].pop(key)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
+
+#: Settings of how a search runs rather than what it computes: left out of the digest, so
+#: resume accepts a changed value.
+_RUN_SETTINGS: tuple[tuple[str, str], ...] = (("search", "checkpoint_every"),)
 
 #: Settings added after runs were made, with the default that gives the earlier behaviour.
 _LATER_SETTINGS: dict[tuple[str, str], Any] = {("search", "mode"): "generational"}

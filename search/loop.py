@@ -77,6 +77,9 @@ class Search:
         self._migrated: list[list[str]] | None = None
         self.started = time.perf_counter()
         self.evaluated_this_session = 0
+        #: When the last checkpoint of this session was written, and how long it took.
+        self.checkpointed_at: float | None = None
+        self.checkpoint_seconds = 0.0
         data = config.data.load()
         self.template = make_template(config.model.kind, data.input_shape, data.num_classes,
                                       widths=config.model.widths, channels=config.model.channels)
@@ -325,7 +328,12 @@ class Search:
                                                  objectives(record, extra), record.to_dict()))
         return candidate
 
-    def _end_generation(self, offspring: int, keep_weights: Sequence[str] = ()) -> None:
+    def _end_generation(self, offspring: int, keep_weights: Sequence[str] = (), *, save: bool = True,
+                        replayed: bool = False) -> None:
+        """The history entry of the generation just ended, the checkpoint (unless ``save``
+        is False: the asynchronous driver spaces them out) and ``on_generation`` (with
+        ``"replayed": true`` for a generation an asynchronous resume ended again: the
+        observers may have seen it before the stop)."""
         keep = set(self.state.population) | set(keep_weights)  # plus in-flight children's parents (asynchronous)
         self.state.weights = {k: v for k, v in self.state.weights.items() if k in keep}
         front = self.state.front()
@@ -345,11 +353,20 @@ class Search:
             summary["migrants"] = self._migrated
             self._migrated = None
         self.state.history.append(summary)
+        if save:
+            self._save_checkpoint()
+        observed = {**summary, "replayed": True} if replayed else summary
+        for observer in self.observers:
+            observer.on_generation(self, observed)
+
+    def _save_checkpoint(self) -> None:
+        """The whole state as the checkpoint of generation ``state.generation``."""
+        begin = time.perf_counter()
         state, arrays = self.state.to_checkpoint()
         state["config"] = self.config.to_dict()
         self.store.save(state, arrays, self.state.generation)
-        for observer in self.observers:
-            observer.on_generation(self, summary)
+        self.checkpointed_at = time.perf_counter()
+        self.checkpoint_seconds = self.checkpointed_at - begin
 
     def _finish(self) -> dict[str, Any]:
         front = sorted(self.state.front(), key=lambda c: c.record.sparsity)

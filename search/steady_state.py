@@ -15,8 +15,14 @@ a batch much faster per candidate than one at a time). A child's parents are the
 chosen from a population that is missing the results of at most that many candidates.
 
 Generations: every ``population_size x islands`` absorbed children count as one generation
-for the history, the checkpoint, the observers (MLflow, the progress display) and ring
-migration (every ``search.migration_interval`` of them). The search proposes exactly
+for the history, the observers (MLflow, the progress display) and ring migration (every
+``search.migration_interval`` of them).
+
+Checkpoints: at a generation end, but not at every one: a checkpoint writes the whole state,
+so its cost grows with the archive, while a busy cluster ends generations many times a
+second. One is written once ``search.checkpoint_every`` children were absorbed since the
+last, or (the default, null) once the driver has worked :data:`CHECKPOINT_SPACING` times as
+long as the last checkpoint took; and always at the end. The search proposes exactly
 ``generations x population_size x islands`` children, as the generational mode does (a
 child whose genome was already evaluated is looked up, not evaluated again, and counts
 too), and never more than the evaluation budget allows; the last generation waits for its
@@ -28,9 +34,11 @@ whose weights they inherit, the proposing island) and the weights of those paren
 checkpoint: the children each island proposed (their ids) and the order results were
 absorbed in. A resumed search proposes the checkpoint's children in flight again first, then
 replays that list (the islands are deterministic, so they propose the same children again),
-taking the results from the journal (``Search._cached``). Nothing journaled is evaluated
-again or left out of the archive; what was still running when the driver stopped is
-evaluated again. The list is flushed, not fsync'd: a killed driver loses none of it, a
+taking the results from the journal (``Search._cached``). Generations that end during the
+replay get their history entry and migration again, and reach the observers with
+``"replayed": true`` in the summary (the MLflow tracker then logs only what it has not).
+Nothing journaled is evaluated again or left out of the archive; what was still running
+when the driver stopped is evaluated again. The list is flushed, not fsync'd: a killed driver loses none of it, a
 machine that loses power may lose its tail (those results then stay in the journal only,
 and are looked up, not evaluated again, if proposed again).
 
@@ -43,6 +51,7 @@ use ``search.mode: generational`` for that.
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +66,12 @@ from certevo.search.strategies import Proposal
 if TYPE_CHECKING:
     from certevo.search.loop import Search
 
-__all__ = ["SinceCheckpoint", "SteadyState", "in_flight_target"]
+__all__ = ["CHECKPOINT_SPACING", "SinceCheckpoint", "SteadyState", "in_flight_target"]
+
+#: With ``search.checkpoint_every: null``, the driver works at least this many times as long
+#: as its last checkpoint took before it writes the next one (checkpoints then take at most
+#: about 1/20 of its time).
+CHECKPOINT_SPACING = 20.0
 
 
 def in_flight_target(population_size: int, actors: int) -> int:
@@ -69,7 +83,10 @@ def in_flight_target(population_size: int, actors: int) -> int:
 class SinceCheckpoint:
     """``since_checkpoint.jsonl``: one JSON event a line, each tagged with the generation
     of the checkpoint it follows (``after``), so a line left from before a checkpoint (the
-    driver stopped between saving it and emptying this file) is never replayed."""
+    driver stopped between saving it and emptying this file) is never replayed.
+
+    Events: ``{"offspring": island, "count", "ids", "turn"}`` (an island proposed
+    children) and ``{"absorb": id}`` (a result was taken in)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -121,6 +138,8 @@ class SteadyState:
         self.turn = 0  # the island that proposes next
         self.since = SinceCheckpoint(RunDirectory(search.run_dir).since_checkpoint)
         self.replaying = False
+        self.checkpointed = self.state.generation  # the generation of the checkpoint the events follow
+        self.since_saved = 0  # children absorbed since that checkpoint
 
     # -- limits ---------------------------------------------------------------------
     def _proposals_left(self) -> int:
@@ -145,7 +164,10 @@ class SteadyState:
         for result in search.pool.run(first, refill=self._refill):
             self._arrived(result)
         if self.state.absorbed > 0:
-            self._end_step()
+            self._end_step(final=True)
+        elif self.checkpointed != self.state.generation:  # the last generation end was not checkpointed
+            search._save_checkpoint()
+            self._checkpointed()
 
     def _resume(self) -> list[EvaluationTask]:
         """Rebuild what happened since the checkpoint: its children in flight, then the
@@ -156,17 +178,16 @@ class SteadyState:
         self.state.in_flight = []
         self.replaying = True
         self._take_pending()  # the checkpoint's children in flight first: the events below follow them
-        generation, replayed = self.state.generation, []
-        for event in self.since.events(generation):
+        replayed = []
+        for event in self.since.events(self.checkpointed):
             redone = self._replay(event)
             if redone is None:
                 break
             replayed.append(redone)
-            if redone != event or self.state.generation != generation:
+            if redone != event:
                 break
         self.replaying = False
-        if self.state.generation == generation:  # (a generation that ended while replaying emptied the file)
-            self.since.write(replayed)  # what was not redone must not be replayed by a later resume
+        self.since.write(replayed)  # what was not redone must not be replayed by a later resume
         tasks = []
         for cid, flight in list(self.flights.items()):  # finished before the stop: absorbed now
             if cid in self.search._cached:
@@ -216,7 +237,7 @@ class SteadyState:
         pending = {i: islands[i].submit("offspring", counts[i]) for i in order}
         for i in order:
             proposals = islands[i].result(pending[i])
-            self.since.append({"after": self.state.generation, "offspring": i, "count": counts[i],
+            self.since.append({"after": self.checkpointed, "offspring": i, "count": counts[i],
                                "ids": [p.genome.id for p in proposals], "turn": self.turn})
             self.pending.extend((i, p) for p in proposals)
 
@@ -257,7 +278,7 @@ class SteadyState:
     def _absorb(self, cid: str, record: Any, arrays: Any) -> None:
         """A finished evaluation into archive and lineage, then into every waiting island."""
         if not self.replaying:  # before the islands change: a generation may end (and empty the file) below
-            self.since.append({"after": self.state.generation, "absorb": cid})
+            self.since.append({"after": self.checkpointed, "absorb": cid})
         flight = self.flights.pop(cid)
         candidate = self.search._add_candidate(flight.proposal, record, arrays, self.state.generation + 1)
         for island, waiting in flight.waiters:
@@ -269,12 +290,22 @@ class SteadyState:
         weights = {candidate.id: self.state.weights[candidate.id]} if candidate.id in self.state.weights else {}
         host.result(host.submit("accept", [proposal], [candidate], weights))
         self.state.absorbed += 1
+        self.since_saved += 1
         if self.state.absorbed >= self.step:
             self._end_step()
 
-    def _end_step(self) -> None:
-        """A generation's worth of children absorbed: snapshots, migration when due, the
-        history entry, the checkpoint (with what is in flight) and the observers."""
+    def _checkpoint_due(self) -> bool:
+        """Whether the generation that just ended is checkpointed (see the module docstring)."""
+        every = self.search.config.search.checkpoint_every
+        if every is not None:
+            return self.since_saved >= every
+        last = self.search.checkpointed_at
+        return last is None or time.perf_counter() - last >= CHECKPOINT_SPACING * self.search.checkpoint_seconds
+
+    def _end_step(self, final: bool = False) -> None:
+        """A generation's worth of children absorbed (or, ``final``, the last of them):
+        snapshots, migration when due, the history entry, the checkpoint (with what is in
+        flight) when due, and the observers."""
         search = self.search
         offspring = min(self.state.absorbed, self.step)
         self.state.absorbed -= offspring
@@ -282,14 +313,23 @@ class SteadyState:
         pending = [island.submit("snapshot") for island in search.islands]
         snapshots = search._adopt_islands([island.result(p) for island, p in zip(search.islands, pending)])
         waiting = [w for flight in self.flights.values() for w in flight.waiters] + list(self.pending)
-        self.state.in_flight = [
-            {"island": island, "genome": p.genome, "parents": p.parents, "operator": p.operator,
-             "inherit_from": p.inherit_from}
-            for island, p in waiting
-        ]
+        save = not self.replaying and (final or self._checkpoint_due())
+        if save:
+            self.state.in_flight = [
+                {"island": island, "genome": p.genome, "parents": p.parents, "operator": p.operator,
+                 "inherit_from": p.inherit_from}
+                for island, p in waiting
+            ]
         parents = [p.inherit_from for _, p in waiting if p.inherit_from is not None]
-        search._end_generation(offspring, keep_weights=parents)
+        search._end_generation(offspring, keep_weights=parents, save=save, replayed=self.replaying)
         self.state.in_flight = []
-        self.since.write([])
+        if save:
+            self._checkpointed()
         for island, snapshot in zip(search.islands, snapshots):
             island.checkpointed(search._island_args(snapshot))
+
+    def _checkpointed(self) -> None:
+        """A checkpoint of the current generation was just written: the events start over."""
+        self.since.write([])
+        self.checkpointed = self.state.generation
+        self.since_saved = 0

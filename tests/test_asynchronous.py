@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,38 +149,56 @@ def test_an_asynchronous_search_with_two_islands_completes(ray_session, tmp_path
     assert len(ids) == len(set(ids)) == len(search.state.archive)
 
 
-def test_a_killed_asynchronous_driver_resumes_losing_and_repeating_nothing(ray_session, tmp_path):
+def _launch_killable(tmp_path, *settings: str) -> tuple[subprocess.Popen, Path]:
+    """``certevo launch`` of a tiny asynchronous search (4 generations unless ``settings``
+    say otherwise) on the tests' Ray session, in a session of its own so it can be SIGKILLed."""
     import ray
 
     config = tmp_path / "tiny.yaml"
     # One candidate per batch: results arrive one at a time, so there is time to kill the
     # driver between two of them.
-    config.write_text(yaml.safe_dump(tiny_config("search.generations=4", "cluster.batch_size=1")))
+    config.write_text(yaml.safe_dump(tiny_config("search.generations=4", "cluster.batch_size=1", *settings)))
     run_dir = tmp_path / "killed"
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.Popen([certevo_exe(), "launch", str(config), "--set", "search.mode=asynchronous",
                              "--address", ray.get_runtime_context().gcs_address, "--run-dir", str(run_dir)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    checkpoint, journal = run_dir / "checkpoint" / "state.json", run_dir / "evaluations.jsonl"
+    return proc, run_dir
+
+
+def _kill_when(proc: subprocess.Popen, ready, what: str) -> None:
     deadline = time.time() + 300
-    # Kill it mid-search, when a checkpoint lists children in flight, one of them has
-    # finished since, and so has a child proposed after the checkpoint (journaled, not yet
-    # checkpointed).
-    while True:
+    while not ready():
         assert proc.poll() is None, "the search ended before it could be killed: " + proc.stderr.read()[-3000:]
-        assert time.time() < deadline, "no checkpoint with children in flight in time"
-        if checkpoint.is_file() and journal.is_file():
-            state = json.loads(checkpoint.read_text())["state"]
-            flying = {p["genome"]["id"] for p in state.get("in_flight", [])}
-            later = set(_journal_ids(run_dir)) - {e["genome"]["id"] for e in state["archive"]}
-            if state["generation"] >= 1 and flying & later and later - flying:
-                break
+        assert time.time() < deadline, f"no {what} in time"
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
+
+
+def _checkpoint_state(run_dir):
+    return json.loads((run_dir / "checkpoint" / "state.json").read_text())["state"]
+
+
+def test_a_killed_asynchronous_driver_resumes_losing_and_repeating_nothing(ray_session, tmp_path):
+    proc, run_dir = _launch_killable(tmp_path)
+    checkpoint, journal = run_dir / "checkpoint" / "state.json", run_dir / "evaluations.jsonl"
+
+    def ready() -> bool:
+        # Mid-search, when a checkpoint lists children in flight, one of them has finished
+        # since, and so has a child proposed after the checkpoint (journaled, not yet
+        # checkpointed).
+        if not (checkpoint.is_file() and journal.is_file()):
+            return False
+        state = _checkpoint_state(run_dir)
+        flying = {p["genome"]["id"] for p in state.get("in_flight", [])}
+        later = set(_journal_ids(run_dir)) - {e["genome"]["id"] for e in state["archive"]}
+        return state["generation"] >= 1 and bool(flying & later) and bool(later - flying)
+
+    _kill_when(proc, ready, "checkpoint with children in flight")
     before = _journal_ids(run_dir)
-    state = json.loads(checkpoint.read_text())["state"]
+    state = _checkpoint_state(run_dir)
     checkpointed = [entry["genome"]["id"] for entry in state["archive"]]
     flying = [p["genome"]["id"] for p in state["in_flight"]]
     assert flying and state["generation"] < 4
@@ -187,8 +206,7 @@ def test_a_killed_asynchronous_driver_resumes_losing_and_repeating_nothing(ray_s
     out = run("resume", str(run_dir))
     assert out.returncode == 0, out.stderr[-3000:]
     after = _journal_ids(run_dir)
-    final = json.loads(checkpoint.read_text())["state"]
-    archive = {entry["genome"]["id"] for entry in final["archive"]}
+    archive = {entry["genome"]["id"] for entry in _checkpoint_state(run_dir)["archive"]}
     assert json.loads((run_dir / "front.json").read_text())["generations"] == 4
     # Nothing journaled was evaluated again (an evaluation appends its id), nothing is lost:
     # the journal still holds every record from before the kill, and the archive holds what
@@ -197,3 +215,38 @@ def test_a_killed_asynchronous_driver_resumes_losing_and_repeating_nothing(ray_s
     assert after[:len(before)] == before
     assert set(checkpointed) | set(flying) | set(before) <= archive
     assert set(after) == archive
+
+
+def test_a_driver_killed_generations_after_its_checkpoint_replays_them_and_logs_each_once(ray_session, tmp_path):
+    """Checkpoints are spaced out in asynchronous mode (here only the K-starts' and the
+    last): generations that ended after the checkpoint are rebuilt from the journal and
+    since_checkpoint.jsonl, and MLflow gets each generation's metrics exactly once."""
+    from mlflow.tracking import MlflowClient
+
+    proc, run_dir = _launch_killable(tmp_path, "search.checkpoint_every=1000", "search.generations=10")
+    progress = run_dir / "since_checkpoint.jsonl"
+    tracker = run_dir / "mlflow_run.json"
+    population = tiny().search.population_size
+
+    def ready() -> bool:  # two generations ended after the checkpoint of generation 0, and a child more
+        lines = progress.read_text().splitlines() if progress.is_file() else []
+        return sum('"absorb"' in line for line in lines) > 2 * population
+
+    _kill_when(proc, ready, "second generation after the checkpoint")
+    before = _journal_ids(run_dir)
+    state = _checkpoint_state(run_dir)
+    assert state["generation"] == 0 and len(state["archive"]) < len(before)
+
+    out = run("resume", str(run_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    after = _journal_ids(run_dir)
+    final = _checkpoint_state(run_dir)
+    assert len(after) == len(set(after)) and after[:len(before)] == before
+    assert set(before) <= {entry["genome"]["id"] for entry in final["archive"]} == set(after)
+    # Every generation is in the history once (the tracker's part: test_tracking.py,
+    # test_a_generation_replayed_on_resume_is_logged_only_if_the_stop_lost_it), with a generation's worth of children.
+    assert [h["generation"] for h in final["history"]] == list(range(11))
+    assert [h["offspring"] for h in final["history"][1:]] == [final["config"]["search"]["population_size"]] * 10
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    steps = [m.step for m in client.get_metric_history(json.loads(tracker.read_text())["run_id"], "hypervolume")]
+    assert sorted(steps) == list(range(11))

@@ -564,3 +564,31 @@ def test_plot_process_draws_a_lineage(sqlite_run, tmp_path):
     assert worker.proc.returncode == 0
     assert (tmp_path / "lineage.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "history.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_generation_replayed_on_resume_is_logged_only_if_the_stop_lost_it(sqlite_run, tmp_path):
+    """An asynchronous resume ends the generations after its checkpoint again and hands
+    them to the observers with ``"replayed": true``: generation 1 was logged before the
+    stop, generation 2 was lost with the driver; afterwards each is logged once."""
+    history = sqlite_run.search.state.history  # generations 0, 1, 2
+    state = SimpleNamespace(history=history[:1], archive={}, lineage={})
+    search = SimpleNamespace(run_dir=tmp_path / "replayed", config=tiny(*TRACKED), state=state)
+    search.run_dir.mkdir()
+    before = MlflowTracker()
+    before.on_start(search)
+    state.history = history[:2]
+    before.on_generation(search, history[1])
+    before.close()  # the driver stopped here; generation 2 ended, unlogged
+
+    state.history = history[:1]  # the checkpoint's
+    after = MlflowTracker()
+    after.on_start(search)
+    for entry in history[1:]:
+        state.history.append(entry)
+        after.on_generation(search, {**entry, "replayed": True})
+    after.close(status="FINISHED")
+    assert after.run_id == before.run_id and after.unlogged == []
+    client = MlflowClient(after.tracking_uri)
+    assert sorted(m.step for m in client.get_metric_history(after.run_id, "hypervolume")) == [0, 1, 2]
+    pictures = {p.path for p in client.list_artifacts(after.run_id, "fronts")}
+    assert pictures == {f"fronts/front_gen_{g:03d}.png" for g in (0, 1, 2)}

@@ -217,7 +217,8 @@ class MlflowTracker(LocalArtifacts, OpQueue, MlflowCalls, SearchObserver):
     @_hook
     def on_generation(self, search: Any, summary: Mapping[str, Any]) -> None:
         """Queue the generation's front picture (drawn by the background thread into
-        ``artifacts/fronts/``), its metrics (one batch), the picture's upload, and the child
+        ``artifacts/fronts/``), its metrics (one batch; for a generation replayed on resume,
+        only if the parent run has none for it), the picture's upload, and the child
         runs (with masks) of the members new to the front, plus ``certevo.on_front`` of
         the child runs whose membership changed."""
         if not self._open:
@@ -225,11 +226,15 @@ class MlflowTracker(LocalArtifacts, OpQueue, MlflowCalls, SearchObserver):
         generation = int(summary["generation"])
         earlier = [dict(h) for h in search.state.history if int(h["generation"]) < generation]
         png = self._queue_front_png(dict(summary), earlier, search_caption(search))
-        stamp = int(time.time() * 1000)
-        self._submit(f"metrics of generation {generation}",
-                     functools.partial(self._op_metrics, generation, self._generation_metrics(summary), stamp))
-        self._submit(f"artifact {FRONTS_DIR}/{png.name}", functools.partial(self._op_artifact, png, FRONTS_DIR),
-                     needs=f"{FRONTS_DIR}/{png.name}")
+        if summary.get("replayed"):  # ended again by an asynchronous resume: logged unless the stop lost it
+            self._submit(f"metrics and front of generation {generation}, if not logged before the stop",
+                         functools.partial(self._op_backfill, [dict(summary)]))
+        else:
+            stamp = int(time.time() * 1000)
+            self._submit(f"metrics of generation {generation}",
+                         functools.partial(self._op_metrics, generation, self._generation_metrics(summary), stamp))
+            self._submit(f"artifact {FRONTS_DIR}/{png.name}", functools.partial(self._op_artifact, png, FRONTS_DIR),
+                         needs=f"{FRONTS_DIR}/{png.name}")
         self._sync_front(search, [str(p[0]) for p in summary.get("front", [])], generation)
 
     def _sync_front(self, search: Any, ids: list[str], step: int) -> None:
