@@ -59,10 +59,13 @@ class Island:
         for candidate in candidates:
             self.state.add(candidate)
         self.state.weights = {k: v for k, v in weights.items() if k in set(self.state.population)}
+        #: Children proposed and not yet accepted back (asynchronous mode: still being
+        #: evaluated); new children avoid them as they avoid the archive.
+        self.pending: set[str] = set(snapshot.get("pending", ()))
 
     def snapshot(self) -> dict[str, Any]:
         """JSON form of the island (the archive by ids, in the order it was seen)."""
-        return {
+        out = {
             "index": self.index,
             "generation": self.state.generation,
             "rng": rng_state(self.state.rng),
@@ -70,13 +73,20 @@ class Island:
             "activation_population": self.state.activation_population,
             "seen": list(self.state.archive),
         }
+        if self.pending:  # (never between generations of the generational mode)
+            out["pending"] = sorted(self.pending)
+        return out
 
     def offspring(self, count: int) -> list[Proposal]:
-        """``count`` children of the island's population."""
-        return self.strategy.offspring(self.state, count)
+        """``count`` children of the island's population, new where possible (see
+        :attr:`pending`)."""
+        proposals = self.strategy.offspring(self.state, count, self.pending)
+        self.pending.update(p.genome.id for p in proposals)
+        return proposals
 
     def accept(self, proposals: Sequence[Proposal], evaluated: Sequence[Candidate], weights: Weights) -> dict[str, Any]:
         """Take the evaluated offspring, select survivors; returns the new snapshot."""
+        self.pending.difference_update(p.genome.id for p in proposals)
         self._receive(evaluated, weights)
         self.strategy.select(self.state, list(proposals))
         self.state.generation += 1

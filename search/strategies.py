@@ -29,6 +29,7 @@ best-credited patterns survive (ties: earlier first).
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -195,16 +196,17 @@ class Nsga2Strategy(Strategy):
                     best[band] = key
         return [best[band][3] for band in sorted(best)]
 
-    def offspring(self, state: SearchState, count: int) -> list[Proposal]:
-        """``count`` children of the current population (distinct, and new where possible);
-        level champions take part in tournaments as if on the front."""
+    def offspring(self, state: SearchState, count: int, pending: Collection[str] = ()) -> list[Proposal]:
+        """``count`` children of the current population (distinct, and new where possible:
+        not in the archive nor ``pending``, children proposed earlier and still being
+        evaluated); level champions take part in tournaments as if on the front."""
         rng, rates = state.rng, self.config.search.rates
         ids = state.population
         ranks = nondominated_ranks(self._objectives(state, ids))
         champions = set(self._champions(state, ids))
         ranks = [0 if cid in champions else rank for cid, rank in zip(ids, ranks)]
         out: list[Proposal] = []
-        taken = set(state.archive)
+        taken = set(state.archive) | set(pending)
         for _ in range(count):
             for attempt in range(MAX_REDRAWS):
                 first = self._tournament(ids, ranks, rng)
@@ -285,9 +287,10 @@ class CoevolutionStrategy(Strategy):
                 points.setdefault(repr(self._pattern(cand.genome)), []).append(cand.record.objectives)
         return {key: hypervolume_2d(p) for key, p in points.items()}
 
-    def offspring(self, state: SearchState, count: int) -> list[Proposal]:
+    def offspring(self, state: SearchState, count: int, pending: Collection[str] = ()) -> list[Proposal]:
         """Half mask children (with the best collaborator pattern), half pattern children
-        (with a collaborator mask from the mask front)."""
+        (with a collaborator mask from the mask front); new where possible, as in
+        :meth:`Nsga2Strategy.offspring`."""
         rng, rates = state.rng, self.config.search.rates
         credit = self._pattern_credit(state)
         patterns = sorted(state.activation_population, key=lambda p: -credit.get(repr(p), 0.0))
@@ -296,7 +299,7 @@ class CoevolutionStrategy(Strategy):
         front_ids = [c.id for c in state.front(ids)] or ids
         n_masks = math.ceil(count / 2) if self._can_mutate_activations() else count
         out: list[Proposal] = []
-        taken = set(state.archive)
+        taken = set(state.archive) | set(pending)
         for i in range(count):
             for attempt in range(MAX_REDRAWS):
                 if i < n_masks:

@@ -94,3 +94,39 @@ def test_the_archive_front_kept_while_adding_equals_a_sort_of_the_archive_also_a
                            best.layer_sparsity(), {})
     restored.add(Candidate(best, record))
     assert [c.id for c in restored.front()] == sorted_front(restored) == [best.id]
+
+
+def test_an_island_proposing_a_few_children_at_a_time_avoids_those_still_in_flight():
+    """In asynchronous mode an island proposes children a few at a time while the earlier
+    ones are still being evaluated. It must avoid them as it avoids evaluated ones: the
+    weight-guided operators (regrow, reallocate) are nearly deterministic per parent, so it
+    would propose the same children again, wasting evaluations on duplicates. Proposing 3
+    children 4 times must give exactly the 12 children proposed at once."""
+    from certevo.population.checkpoint import rng_state
+    from certevo.search.island_model import Island
+    from certevo.search.state import GRADIENT_PREFIX
+
+    state, ids = archive_state([(0.5, 0.6), (0.9, 0.5)])
+    rng = np.random.default_rng(0)
+    trained = {cid: {**{f"{name}.weight": rng.standard_normal(shape).astype(np.float32) for name, shape in SHAPES.items()},
+                     **{GRADIENT_PREFIX + name: np.abs(rng.standard_normal(shape)).astype(np.float32)
+                        for name, shape in SHAPES.items()}}
+               for cid in ids}
+    config = load_config(None, ["genome.sparsities=[0.5,0.9]", "genome.activations=[relu]", "search.population_size=2"])
+
+    def island(seed: int) -> Island:
+        snapshot = {"index": 0, "generation": 1, "rng": rng_state(np.random.default_rng(seed)), "population": ids,
+                    "activation_population": [], "seen": ids}
+        return Island(config.to_dict(), SHAPES, 1, snapshot, list(state.archive.values()), trained)
+
+    for seed in range(5):
+        at_once = [p.genome.id for p in island(seed).offspring(12)]
+        few = island(seed)
+        in_turns = [p for _ in range(4) for p in few.offspring(3)]
+        assert [p.genome.id for p in in_turns] == at_once, seed
+        assert few.snapshot()["pending"] == sorted(set(at_once))  # a resumed island remembers them too
+        evaluated = [Candidate(g, FitnessRecord(g.id, g.sparsity, 0.5, 0.5, None, "ibp", "crown", 0.1, 0.1, 1, 10,
+                                                g.layer_sparsity(), {}))
+                     for g in {p.genome.id: p.genome for p in in_turns}.values()]
+        few.accept(in_turns, evaluated, {})
+        assert "pending" not in few.snapshot()
