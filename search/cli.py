@@ -88,7 +88,8 @@ def _add_launch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", nargs="?", default=None, help="YAML config file (default: the digits default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set search.generations=4 (repeatable)")
-    p.add_argument("--address", default=None, help="Ray cluster address (auto, HOST:PORT or ray://HOST:PORT)")
+    p.add_argument("--address", default=None, help="Ray cluster address (auto, HOST:PORT or ray://HOST:PORT); on a "
+                   "cluster search.mode defaults to asynchronous")
     p.add_argument("--run-dir", default=None,
                    help="where the search writes everything: a path or a filesystem URI such as s3://bucket/run "
                         "(default: run_dir from the config, else runs/<time>-<config hash>)")
@@ -158,16 +159,12 @@ class _LaunchDidNoWork(CertevoError):
 
 
 def _run_launch(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from certevo.search.config import load_config
+    from certevo.search.config import load_launch_config
     from certevo.search.loop import Search
     from certevo.search.progress import ConsoleProgress
     from certevo.search.run_storage import RunStorage
 
-    config = load_config(args.config, args.overrides)
-    if args.address is not None:
-        config = replace(config, cluster=replace(config.cluster, address=args.address))
+    config, note = load_launch_config(args.config, args.overrides, args.address)
     run_dir = args.run_dir
     if run_dir is None:
         import time
@@ -177,6 +174,8 @@ def _run_launch(args: argparse.Namespace) -> int:
     run_dir = user_path(run_dir)
     check_new_run_dir(run_dir)  # before anything is created or started
     check_tracking_uri(args.tracking_uri)
+    if note is not None:
+        print(f"certevo: {note}", file=sys.stderr, flush=True)
     with RunStorage(run_dir) as storage:  # a local path, or a URI staged locally and mirrored
         storage.prepare_launch()
         fresh = storage.is_empty()  # nothing in it but this driver's lock

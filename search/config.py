@@ -392,11 +392,41 @@ def read_yaml_mapping(path: str | Path, what: str, error: type[CertevoError], fi
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SearchConfig:
     """Read a YAML config (None: the default; ``~`` is expanded) and apply ``--set`` style overrides."""
+    return config_from_dict(_config_values(path, overrides))
+
+
+def _config_values(path: str | Path | None, overrides: list[str] | None) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if path is not None:
         values = read_yaml_mapping(Path(path).expanduser(), "config file", ConfigError,
                                    "pass a YAML file of settings (see the README), or none for the digits default")
-    return config_from_dict(apply_overrides(values, overrides or []))
+    return apply_overrides(values, overrides or [])
+
+
+#: ``search.mode`` of a launch on a Ray cluster (an address) that does not set it: measured
+#: with benchmarks/scaling.py and benchmarks/async_quality.py, it keeps a cluster's workers
+#: busy at equal search quality (README, "Asynchronous evolution").
+CLUSTER_MODE = "asynchronous"
+
+
+def load_launch_config(path: str | Path | None, overrides: list[str] | None,
+                       address: str | None = None) -> tuple[SearchConfig, str | None]:
+    """The configuration of ``certevo launch``: as :func:`load_config`, with ``address``
+    (``--address``) as ``cluster.address``; on a cluster (an address from either) a config
+    that does not set ``search.mode`` gets :data:`CLUSTER_MODE`. Returns it and, when that
+    default applied, a note saying so."""
+    values = _config_values(path, overrides)
+    cluster, search = values.get("cluster") or {}, values.get("search") or {}
+    if not isinstance(cluster, dict) or not isinstance(search, dict):  # config_from_dict says what is wrong
+        return config_from_dict(values), None
+    if address is not None:
+        cluster = values["cluster"] = {**cluster, "address": address}
+    note = None
+    if cluster.get("address") is not None and "mode" not in search:
+        values["search"] = {**search, "mode": CLUSTER_MODE}
+        note = (f"search.mode: {CLUSTER_MODE} (the default on a Ray cluster: every worker stays busy; results "
+                "are not bit-reproducible; set search.mode: generational for that)")
+    return config_from_dict(values), note
 
 
 def read_run_config(config_path: str | Path) -> SearchConfig:

@@ -137,3 +137,32 @@ def test_a_setting_added_later_leaves_the_digests_of_earlier_runs_unchanged():
     assert config.digest() == "7424a7cc6099"
     assert journal_digest(config) == "cc93430b8c42"
     assert load_config(None, ["search.mode=asynchronous"]).digest() != config.digest()
+
+
+def test_how_often_to_checkpoint_changes_no_digest_and_is_checked():
+    # It decides when the state is written, not what is computed: a resume may change it.
+    config = load_config(None, [])
+    assert load_config(None, ["search.checkpoint_every=50"]).digest() == config.digest()
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["search.checkpoint_every=0"])
+    assert str(info.value).startswith("search.checkpoint_every must be a positive integer or null; got 0;")
+
+
+def test_a_launch_on_a_cluster_runs_asynchronously_unless_the_config_chooses(tmp_path):
+    from certevo.search.config import load_launch_config
+
+    config, note = load_launch_config(None, [], None)  # a laptop: Ray started by certevo
+    assert config.search.mode == "generational" and note is None
+    config, note = load_launch_config(None, [], "auto")
+    assert config.search.mode == "asynchronous" and config.cluster.address == "auto"
+    assert "search.mode: generational" in note  # how to get the other one
+    config, note = load_launch_config(None, ["search.mode=generational"], "auto")
+    assert config.search.mode == "generational" and note is None
+    chosen = tmp_path / "chosen.yaml"
+    chosen.write_text("search:\n  mode: generational\n  generations: 2\n")
+    config, note = load_launch_config(chosen, [], "10.0.0.1:6379")
+    assert config.search.mode == "generational" and config.search.generations == 2 and note is None
+    on_cluster = tmp_path / "cluster.yaml"
+    on_cluster.write_text("cluster:\n  address: auto\nsearch:\n  generations: 2\n")
+    config, note = load_launch_config(on_cluster, [], None)
+    assert config.search.mode == "asynchronous" and config.search.generations == 2 and note is not None

@@ -94,7 +94,9 @@ def cluster_address():
 
 
 def _launch(address: str, run_dir: Path, **kwargs) -> subprocess.Popen:
-    args = [str(CERTEVO), "launch", "--address", address, "--run-dir", str(run_dir)]
+    # Generational: its resume equals an uninterrupted run exactly (on a cluster the
+    # default is asynchronous, which is not bit-reproducible).
+    args = [str(CERTEVO), "launch", "--address", address, "--run-dir", str(run_dir), "--set", "search.mode=generational"]
     for item in TINY:
         args += ["--set", item]
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -196,6 +197,9 @@ def test_launch_with_an_address(cluster, tmp_path, form):
                   env=cluster.env(tmp_path), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert_complete_run(run_dir, out.stderr)
+    # On a cluster a config that does not choose search.mode runs asynchronously, and says so.
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["search"]["mode"] == "asynchronous"
+    assert "search.mode: asynchronous (the default on a Ray cluster" in out.stderr
 
 
 def test_workers_import_the_packages_shipped_with_py_modules(cluster, tmp_path):
