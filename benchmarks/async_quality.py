@@ -7,12 +7,17 @@ evaluations; which mode runs first alternates with the seed. Compared: the hyper
 the final front above 90 % sparsity (reference point (0.9, 0), the regime certevo is for),
 and over the whole range (reference (0, 0)).
 
+``--workers N``: a local Ray offering N logical CPUs and one evaluator actor on each (they
+share this machine's cores), so that as many children are in flight as on an N-worker
+cluster: the asynchronous mode then chooses parents from a population that misses up to N
+results (``max(population_size, actors)`` in flight), which is what a cluster launch does.
+
 "Within noise" is judged on the paired per-seed differences: their mean, standard
 deviation and t statistic (mean / (sd / sqrt(n))), next to the spread of each mode's
 hypervolumes across seeds. An asynchronous search is not bit-reproducible (results are
 absorbed in the order they finish), so one seed says little: use several.
 
-    python benchmarks/async_quality.py [--seeds 3] [--first-seed 0] [--budget 118] [--set KEY=VALUE ...]
+    python benchmarks/async_quality.py [--seeds 3] [--first-seed 0] [--budget 118] [--workers N] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from certevo.cluster.connect import connect  # noqa: E402
 from certevo.population.selection import hypervolume_2d  # noqa: E402
 from certevo.search.config import load_config  # noqa: E402
 from certevo.search.loop import Search  # noqa: E402
@@ -61,7 +67,12 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--budget", type=int, default=118, help="evaluations per search (default: the default search's 118)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides for both modes")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="logical CPUs of the local Ray and evaluator actors (default: one per core)")
     args = parser.parse_args()
+    if args.workers is not None:
+        connect(num_cpus=args.workers)
+        args.set = [f"cluster.actors={args.workers}", *args.set]
 
     runs: list[dict] = []
     for k, seed in enumerate(range(args.first_seed, args.first_seed + args.seeds)):
@@ -74,7 +85,7 @@ def main() -> None:
 
     by = {(r["mode"], r["seed"]): r for r in runs}
     seeds = sorted({r["seed"] for r in runs})
-    summary: dict = {"seeds": seeds, "budget": args.budget}
+    summary: dict = {"seeds": seeds, "budget": args.budget, "workers": args.workers}
     print()
     print(f"{'':14s} {'HV>=0.9 mean':>13s} {'sd':>8s} {'HV mean':>9s} {'s/search':>9s}")
     for mode in MODES:

@@ -10,11 +10,14 @@ results per second its driver takes in; the figure for 1,000 workers is simulate
   ``--generations``; asynchronous ``--async-rounds`` x workers children. Utilisation = stub
   sleep / (workers x wall) over the evolutionary phase: from the end of the K-starts, once
   every actor is up (64 take ~30 s to start here), to the last dispatch; ``whole`` adds the
-  final drain. Median and spread over ``--repeats``.
+  final drain. Median and spread over ``--repeats``. Beside them, the strongest generational
+  baseline (``--no-baseline`` skips it): a population of one child per worker, as many
+  evaluations as the asynchronous runs.
 * Driver capacity: the same searches with stubs that return at once (``--capacity-workers``):
   results/s at saturation, and the driver's time per 12 results against the archive size a,
-  fitted as c0 + c1 a + c2 a^2 (every generation ends with a Pareto sort of the whole
-  archive and a checkpoint of all of it; each part is timed again on the finished search).
+  fitted as c0 + c1 a + c2 a^2 (a checkpoint writes the whole archive: the generational
+  mode writes one every generation, the asynchronous one spaces them out; the parts of a
+  generation end are timed again on the finished search).
 * 1,000 workers (``--simulate``): a discrete-event simulation. Durations from the same
   distribution at full scale; the driver is one server taking results in arrival order, each
   costing 1/12 of the fitted time per 12 results at the archive size then (extrapolated
@@ -26,8 +29,8 @@ results per second its driver takes in; the figure for 1,000 workers is simulate
 
 The last line is JSON (``utilization_async_64``, ``utilization_generational_64``,
 ``driver_results_per_s``, ``utilization_*_1000_simulated``, ``ratio``: asynchronous over
-generational utilisation). The default run takes about 5 minutes here, mostly starting 64
-actor processes per search.
+generational utilisation; ``utilization_generational_population64_64``: the baseline). The
+default run takes about 10 minutes here, mostly starting 64 actor processes per search.
 
     python benchmarks/scaling.py [--workers 64] [--repeats 3] [--time-scale 1] [--simulate 1000]
 """
@@ -195,11 +198,13 @@ def _memory_kb(pid: int) -> tuple[int, int]:
     return values.get("Pss", 0), values.get("Rss", 0)
 
 
-def run_search(mode: str, workers: int, scale: float, generations: int, root: Path) -> dict:
-    """One real search with stub actors; its utilisation and results/s over the
-    evolutionary phase."""
+def run_search(mode: str, workers: int, scale: float, generations: int, root: Path,
+               population: int | None = None) -> dict:
+    """One real search with stub actors (the default population unless ``population``);
+    its utilisation and results/s over the evolutionary phase."""
     config = load_config(None, [f"cluster.actors={workers}", f"search.generations={generations}",
-                                *([f"search.mode={mode}"] if mode != "generational" else [])])
+                                *([f"search.mode={mode}"] if mode != "generational" else []),
+                                *([f"search.population_size={population}"] if population else [])])
     timeline = Timeline()
     search = Search.create(config, root / f"{mode}-{workers}-{scale}-{time.time_ns()}", [timeline])
     search.actor_class = stub_actor_class(scale)
@@ -459,6 +464,8 @@ def main() -> None:
     parser.add_argument("--capacity-generations", type=int, default=60, help="generations of the capacity searches")
     parser.add_argument("--simulate", type=int, nargs="*", default=[1000], help="worker counts to simulate")
     parser.add_argument("--stub-tasks", type=int, default=2000, help="pool + journal alone (0: skip)")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="skip the generational searches whose population is one child per worker")
     parser.add_argument("--rounds", type=int, default=0,
                         help="real evaluator 1-/2-actor rounds (minutes each; 0: skip)")
     parser.add_argument("--candidates", type=int, default=12, help="evaluations per real-evaluator measurement")
@@ -472,6 +479,10 @@ def main() -> None:
         root = Path(tmp)
         capacity = {m: run_search(m, args.capacity_workers, 0.0, args.capacity_generations, root) for m in modes}
         measured: dict[str, list[dict]] = {m: [] for m in modes}
+        baseline: list[dict] = []
+        # The strongest generational setting: a population of one child per worker, as many
+        # evaluations as the asynchronous runs.
+        wide = math.ceil(_generations("asynchronous", args) * population / args.workers)
         for r in range(args.repeats):
             for mode in modes if r % 2 == 0 else modes[::-1]:
                 run = run_search(mode, args.workers, args.time_scale, _generations(mode, args), root)
@@ -481,6 +492,12 @@ def main() -> None:
                       f"{run['evaluations']} evaluations in {run['seconds']:.1f}s, "
                       f"driver process busy {run['driver_cores']:.0%} of a core"
                       + (f", median worker gap {run['gap_ms']:.1f} ms" if mode == "asynchronous" else ""), flush=True)
+            if args.baseline:
+                run = run_search("generational", args.workers, args.time_scale, wide, root, population=args.workers)
+                baseline.append(run)
+                print(f"repeat {r + 1} generational, population {args.workers}: utilisation "
+                      f"{run['utilization']:6.1%} (whole {run['utilization_whole']:6.1%}), {run['results_per_s']:6.1f} "
+                      f"results/s, {run['evaluations']} evaluations in {run['seconds']:.1f}s", flush=True)
 
     w = args.workers
     first = measured["generational"][0]
@@ -497,6 +514,15 @@ def main() -> None:
     for mode in MODES:
         out.update(summarise(mode, measured.get(mode), capacity.get(mode), costs.get(mode), args))
     out["driver_results_per_s"] = out.get("driver_results_per_s_async", out["driver_results_per_s_generational"])
+    if baseline:
+        util, low, high = _median_spread([x["utilization"] for x in baseline])
+        whole = _median_spread([x["utilization_whole"] for x in baseline])[0]
+        print(f"generational with population {w} (one child per worker, {wide} generations): utilisation {util:.1%} "
+              f"(min {low:.1%}, max {high:.1%}; whole phase {whole:.1%}): every generation waits for its slowest child")
+        out.update({f"utilization_generational_population{w}_{w}": util,
+                    f"utilization_generational_population{w}_{w}_min": low,
+                    f"utilization_generational_population{w}_{w}_max": high,
+                    f"utilization_generational_population{w}_{w}_whole": whole})
     parts = capacity[modes[-1]]["generation_work"]
     print(f"work ending every generation, at an archive of {parts['archive']}: Pareto front "
           f"{1000 * parts['front']:.0f} ms, hypervolume {1000 * parts['hypervolume']:.0f} ms, "
