@@ -126,7 +126,10 @@ class ConsoleProgress(SearchObserver):
         if self.progress is not None:
             self.progress.update(self.task, completed=summary["evaluations"], **self._fit(search))
         elif self.plain:
-            self._say(self.plain_line(search, summary["evaluations"]))
+            line = self.plain_line(search, summary["evaluations"])
+            # An asynchronous resume ends the generations after its checkpoint again, from
+            # the journal: nothing is evaluated in them, so the rate says 0.
+            self._say(line + ("  (replayed from the journal)" if summary.get("replayed") else ""))
 
     def on_error(self, search, error: BaseException) -> None:
         """Stop the live line, so the message that follows starts on a line of its own."""

@@ -239,6 +239,9 @@ def test_a_driver_killed_generations_after_its_checkpoint_replays_them_and_logs_
 
     out = run("resume", str(run_dir))
     assert out.returncode == 0, out.stderr[-3000:]
+    # The two generations (at least) that ended after the checkpoint were rebuilt from the
+    # journal, and the progress lines say so.
+    assert (out.stdout + out.stderr).count("(replayed from the journal)") >= 2, out.stderr[-3000:]
     after = _journal_ids(run_dir)
     final = _checkpoint_state(run_dir)
     assert len(after) == len(set(after)) and after[:len(before)] == before
