@@ -86,12 +86,18 @@ class Island:
 
     def accept(self, proposals: Sequence[Proposal], evaluated: Sequence[Candidate], weights: Weights) -> dict[str, Any]:
         """Take the evaluated offspring, select survivors; returns the new snapshot."""
+        self.take(proposals, evaluated, weights)
+        return self.snapshot()
+
+    def take(self, proposals: Sequence[Proposal], evaluated: Sequence[Candidate], weights: Weights) -> None:
+        """:meth:`accept` without the snapshot: the asynchronous driver takes children in
+        one at a time and asks for a snapshot only when a generation ends (a snapshot lists
+        everything the island has seen, so building one per result grew with the archive)."""
         self.pending.difference_update(p.genome.id for p in proposals)
         self._receive(evaluated, weights)
         self.strategy.select(self.state, list(proposals))
         self.state.generation += 1
         self._keep_population_weights()
-        return self.snapshot()
 
     def emigrants(self, count: int) -> list[str]:
         """Ids of the island's ``count`` best members (NSGA-II order)."""

@@ -5,7 +5,7 @@ for its slowest candidate before selecting; at most ``population_size x islands`
 are ever busy. Here the driver instead feeds the pool on demand
 (:meth:`certevo.cluster.pool.EvaluationPool.run` with ``refill``): whenever workers free up
 it asks the islands for new children, round-robin, and absorbs every result the moment it
-arrives: journal, archive, lineage, the proposing island's survival (``accept`` of that one
+arrives: journal, archive, lineage, the proposing island's survival (``take`` of that one
 child: NSGA-II on its population plus the newcomer) and ``on_evaluation``.
 
 How many children are in flight: the driver keeps ``max(population_size, actors)`` of them
@@ -288,7 +288,7 @@ class SteadyState:
         """One child into its island's survival; a full generation's worth ends it."""
         host = self.search.islands[island]
         weights = {candidate.id: self.state.weights[candidate.id]} if candidate.id in self.state.weights else {}
-        host.result(host.submit("accept", [proposal], [candidate], weights))
+        host.result(host.submit("take", [proposal], [candidate], weights))
         self.state.absorbed += 1
         self.since_saved += 1
         if self.state.absorbed >= self.step:
